@@ -1,0 +1,751 @@
+//! Configuration: figment loading (TOML file, then `APP_TIER_CMK_*` variables), defaults and
+//! validation into a typed [`Config`].
+//!
+//! Values are validated while they are deserialized (newtypes with `try_from`), so that every
+//! error carries the key and the source (file or variable) that figment knows about.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the environment variables that override the file.
+pub const ENV_PREFIX: &str = "APP_TIER_CMK_";
+
+/// Default port: outside the 9100-9999 range that Prometheus exporters crowd.
+pub const DEFAULT_PORT: u16 = 10711;
+
+/// The whole configuration, as loaded and validated.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen_address: ListenAddress,
+    pub metrics_path: MetricsPath,
+    /// Regions for accounts that name none. Empty: the SDK's default region.
+    pub regions: Vec<Region>,
+    pub scan: ScanConfig,
+    #[serde(rename = "match")]
+    pub matching: MatchConfig,
+    /// Accounts to scan. Empty: the account of the default credentials.
+    pub accounts: Vec<AccountConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen_address: ListenAddress(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
+            metrics_path: MetricsPath("/metrics".to_owned()),
+            regions: Vec::new(),
+            scan: ScanConfig::default(),
+            matching: MatchConfig::default(),
+            accounts: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScanConfig {
+    /// Time between the starts of two scan rounds.
+    pub interval: PositiveDuration,
+    /// Bound on one target's scan.
+    pub timeout: PositiveDuration,
+    /// AWS calls in flight across all targets.
+    pub concurrency: Concurrency,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        ScanConfig {
+            interval: PositiveDuration(Duration::from_secs(300)),
+            timeout: PositiveDuration(Duration::from_secs(120)),
+            concurrency: Concurrency(16),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MatchConfig {
+    pub tag_key: TagKey,
+    /// Empty: any value.
+    pub tag_values: Vec<String>,
+    pub case_insensitive: bool,
+    pub key_states: Vec<KeyStateName>,
+}
+
+impl Default for MatchConfig {
+    fn default() -> Self {
+        MatchConfig {
+            tag_key: TagKey("app_tier".to_owned()),
+            tag_values: Vec::new(),
+            case_insensitive: false,
+            key_states: vec![KeyStateName("Enabled".to_owned())],
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AccountConfig {
+    /// Human name, exported as `app_tier_cmk_account_info{account_name}`.
+    pub name: Option<String>,
+    /// Expected account ID; with `role_arn` it must match the ARN's account.
+    pub account_id: Option<AccountId>,
+    /// Role to assume; absent: the default credentials.
+    pub role_arn: Option<RoleArn>,
+    pub external_id: Option<String>,
+    /// Absent: the top-level `regions`.
+    pub regions: Option<Vec<Region>>,
+}
+
+/// `host:port` to listen on.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct ListenAddress(pub SocketAddr);
+
+impl TryFrom<String> for ListenAddress {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        value.parse().map(ListenAddress).map_err(|_| {
+            format!("{value:?} is not a listen address; write host:port, e.g. \"0.0.0.0:{DEFAULT_PORT}\"")
+        })
+    }
+}
+
+impl From<ListenAddress> for String {
+    fn from(value: ListenAddress) -> String {
+        value.0.to_string()
+    }
+}
+
+/// HTTP path of the metrics endpoint.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct MetricsPath(pub String);
+
+impl TryFrom<String> for MetricsPath {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let reserved = ["/", "/healthz", "/readyz"];
+        if !value.starts_with('/') || value.contains(['?', '#', ' ']) {
+            Err(format!(
+                "{value:?} is not an HTTP path; write e.g. \"/metrics\""
+            ))
+        } else if reserved.contains(&value.as_str()) {
+            Err(format!(
+                "{value:?} is taken by another endpoint; pick another path"
+            ))
+        } else {
+            Ok(MetricsPath(value))
+        }
+    }
+}
+
+impl From<MetricsPath> for String {
+    fn from(value: MetricsPath) -> String {
+        value.0
+    }
+}
+
+/// A humantime duration greater than zero ("30s", "5m", "1h 30m").
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct PositiveDuration(pub Duration);
+
+impl TryFrom<String> for PositiveDuration {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        match humantime::parse_duration(value.trim()) {
+            Ok(d) if d >= Duration::from_millis(100) => Ok(PositiveDuration(d)),
+            Ok(_) => Err(format!("{value:?} is too short; use at least \"100ms\"")),
+            Err(e) => Err(format!(
+                "{value:?} is not a duration ({e}); write e.g. \"30s\", \"5m\" or \"1h\""
+            )),
+        }
+    }
+}
+
+impl From<PositiveDuration> for String {
+    fn from(value: PositiveDuration) -> String {
+        humantime::format_duration(value.0).to_string()
+    }
+}
+
+/// Number of AWS calls in flight, 1 to 1024.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "i64", into = "i64")]
+pub struct Concurrency(pub usize);
+
+impl TryFrom<i64> for Concurrency {
+    type Error = String;
+    fn try_from(value: i64) -> Result<Self, String> {
+        match usize::try_from(value) {
+            Ok(n @ 1..=1024) => Ok(Concurrency(n)),
+            _ => Err(format!("{value} is out of range; use 1 to 1024")),
+        }
+    }
+}
+
+impl From<Concurrency> for i64 {
+    fn from(value: Concurrency) -> i64 {
+        value.0 as i64
+    }
+}
+
+/// A non-empty tag key of at most 128 characters (AWS's limit).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct TagKey(pub String);
+
+impl TryFrom<String> for TagKey {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        if value.is_empty() {
+            Err(
+                "\"\" is empty; name the tag key that marks App-Tier keys, e.g. \"app_tier\""
+                    .to_owned(),
+            )
+        } else if value.chars().count() > 128 {
+            Err(format!(
+                "{value:?} is longer than AWS's 128-character tag key limit"
+            ))
+        } else {
+            Ok(TagKey(value))
+        }
+    }
+}
+
+impl From<TagKey> for String {
+    fn from(value: TagKey) -> String {
+        value.0
+    }
+}
+
+/// The KeyState values KMS reports.
+pub const KEY_STATES: [&str; 8] = [
+    "Creating",
+    "Enabled",
+    "Disabled",
+    "PendingDeletion",
+    "PendingImport",
+    "PendingReplicaDeletion",
+    "Unavailable",
+    "Updating",
+];
+
+/// One of [`KEY_STATES`], spelled as KMS spells it.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct KeyStateName(pub String);
+
+impl TryFrom<String> for KeyStateName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        if KEY_STATES.contains(&value.as_str()) {
+            Ok(KeyStateName(value))
+        } else {
+            Err(format!(
+                "{value:?} is not a KMS key state; use one of {}",
+                KEY_STATES.join(", ")
+            ))
+        }
+    }
+}
+
+impl From<KeyStateName> for String {
+    fn from(value: KeyStateName) -> String {
+        value.0
+    }
+}
+
+/// A 12-digit AWS account ID.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(try_from = "String", into = "String")]
+pub struct AccountId(pub String);
+
+impl AccountId {
+    pub fn parse(value: &str) -> Option<AccountId> {
+        (value.len() == 12 && value.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| AccountId(value.to_owned()))
+    }
+}
+
+impl TryFrom<String> for AccountId {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        AccountId::parse(&value)
+            .ok_or_else(|| format!("{value:?} is not an AWS account ID (12 digits)"))
+    }
+}
+
+impl From<AccountId> for String {
+    fn from(value: AccountId) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An IAM role ARN, `arn:PARTITION:iam::ACCOUNT:role/[PATH/]NAME`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, Hash)]
+#[serde(try_from = "String", into = "String")]
+pub struct RoleArn {
+    arn: String,
+    account: AccountId,
+}
+
+impl RoleArn {
+    pub fn as_str(&self) -> &str {
+        &self.arn
+    }
+    pub fn account(&self) -> &AccountId {
+        &self.account
+    }
+}
+
+impl TryFrom<String> for RoleArn {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "{value:?} is not an IAM role ARN; write arn:aws:iam::123456789012:role/AppTierCmkScanner"
+            )
+        };
+        let parts: Vec<&str> = value.splitn(6, ':').collect();
+        let [arn, partition, service, region, account, resource] = parts[..] else {
+            return Err(bad());
+        };
+        let partition_ok = matches!(partition, "aws" | "aws-cn" | "aws-us-gov")
+            || partition.starts_with("aws-iso");
+        let name = resource.strip_prefix("role/").unwrap_or("");
+        let name_ok = !name.is_empty()
+            && !name.ends_with('/')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c));
+        match AccountId::parse(account) {
+            Some(account)
+                if arn == "arn"
+                    && partition_ok
+                    && service == "iam"
+                    && region.is_empty()
+                    && name_ok =>
+            {
+                Ok(RoleArn {
+                    arn: value,
+                    account,
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl From<RoleArn> for String {
+    fn from(value: RoleArn) -> String {
+        value.arn
+    }
+}
+
+/// A region name shaped like AWS's: `us-east-1`, `eu-central-2`, `us-gov-west-1`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(try_from = "String", into = "String")]
+pub struct Region(pub String);
+
+impl Region {
+    pub fn parse(value: &str) -> Option<Region> {
+        let parts: Vec<&str> = value.split('-').collect();
+        let shaped = parts.len() >= 3
+            && parts[0].len() == 2
+            && parts[..parts.len() - 1]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+            && parts[parts.len() - 1]
+                .parse::<u8>()
+                .is_ok_and(|n| n > 0 && !parts[parts.len() - 1].starts_with('0'));
+        shaped.then(|| Region(value.to_owned()))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Region {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        Region::parse(&value)
+            .ok_or_else(|| format!("{value:?} is not an AWS region name; write e.g. \"us-east-1\""))
+    }
+}
+
+impl From<Region> for String {
+    fn from(value: Region) -> String {
+        value.0
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A configuration that could not be loaded; the message names source, key and value.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Loads defaults, then the TOML file (when given), then `APP_TIER_CMK_*` variables.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_from(path, Env::prefixed(ENV_PREFIX).split("__"))
+    }
+
+    /// Like [`Config::load`] with an explicit environment provider (for tests).
+    pub fn load_from(path: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = path {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file {}: not found or not a regular file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let figment = figment.merge(env);
+        let config: Config = figment
+            .extract()
+            .map_err(|e| describe_figment_error(e, path))?;
+        config.check_consistency(&figment)?;
+        Ok(config)
+    }
+
+    /// Checks that span several keys (serde checked each value alone).
+    fn check_consistency(&self, figment: &Figment) -> Result<(), ConfigError> {
+        let source = |key: &str| {
+            figment
+                .find_metadata(key)
+                .map(source_name_of)
+                .unwrap_or_else(|| "configuration".to_owned())
+        };
+        let mut seen_accounts = BTreeSet::new();
+        let mut default_credentials = 0;
+        for (i, account) in self.accounts.iter().enumerate() {
+            if let (Some(id), Some(arn)) = (&account.account_id, &account.role_arn)
+                && id != arn.account()
+            {
+                return Err(ConfigError(format!(
+                    "{}: key `accounts[{i}].account_id`: {:?} does not match the account {} of role_arn {:?}",
+                    source("accounts"),
+                    id.0,
+                    arn.account(),
+                    arn.as_str()
+                )));
+            }
+            if account.role_arn.is_none() {
+                default_credentials += 1;
+                if account.external_id.is_some() {
+                    return Err(ConfigError(format!(
+                        "{}: key `accounts[{i}].external_id`: set without role_arn; the external ID is only sent with AssumeRole",
+                        source("accounts")
+                    )));
+                }
+            }
+            let identity = account
+                .role_arn
+                .as_ref()
+                .map(|arn| arn.as_str().to_owned())
+                .unwrap_or_else(|| "default credentials".to_owned());
+            if !seen_accounts.insert(identity.clone()) {
+                return Err(ConfigError(format!(
+                    "{}: key `accounts[{i}]`: {identity:?} is listed twice",
+                    source("accounts")
+                )));
+            }
+            if let Some(regions) = &account.regions {
+                check_unique_regions(
+                    regions,
+                    &format!("accounts[{i}].regions"),
+                    &source("accounts"),
+                )?;
+            }
+        }
+        if default_credentials > 1 {
+            return Err(ConfigError(format!(
+                "{}: key `accounts`: more than one account uses the default credentials (no role_arn)",
+                source("accounts")
+            )));
+        }
+        check_unique_regions(&self.regions, "regions", &source("regions"))?;
+        let mut states = BTreeSet::new();
+        for state in &self.matching.key_states {
+            if !states.insert(&state.0) {
+                return Err(ConfigError(format!(
+                    "{}: key `match.key_states`: {:?} is listed twice",
+                    source("match.key_states"),
+                    state.0
+                )));
+            }
+        }
+        if self.matching.key_states.is_empty() {
+            return Err(ConfigError(format!(
+                "{}: key `match.key_states`: empty; no key could ever count as present (default: [\"Enabled\"])",
+                source("match.key_states")
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn check_unique_regions(regions: &[Region], key: &str, source: &str) -> Result<(), ConfigError> {
+    let mut seen = BTreeSet::new();
+    for region in regions {
+        if !seen.insert(region) {
+            return Err(ConfigError(format!(
+                "{source}: key `{key}`: region {:?} is listed twice",
+                region.0
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// "config file PATH" or "environment variable NAME" for a figment source.
+fn source_name_of(metadata: &figment::Metadata) -> String {
+    match &metadata.source {
+        Some(figment::Source::File(path)) => format!("config file {}", path.display()),
+        _ if metadata.name.contains("environment") => "environment".to_owned(),
+        Some(other) => other.to_string(),
+        None => metadata.name.to_string(),
+    }
+}
+
+/// Turns figment's errors into lines that name the source, the key and the bad value.
+fn describe_figment_error(error: figment::Error, path: Option<&Path>) -> ConfigError {
+    let lines: Vec<String> = error
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            let source = match &e.metadata {
+                Some(md) if md.name.contains("environment") => {
+                    let var: Vec<String> = e.path.iter().map(|p| p.to_ascii_uppercase()).collect();
+                    format!("environment variable {ENV_PREFIX}{}", var.join("__"))
+                }
+                Some(md) => source_name_of(md),
+                None => path
+                    .map(|p| format!("config file {}", p.display()))
+                    .unwrap_or_else(|| "configuration".to_owned()),
+            };
+            if key.is_empty() {
+                format!("{source}: {}", e.kind)
+            } else {
+                format!("{source}: key `{key}`: {}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError(lines.join("\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        file.write_all(toml.as_bytes()).expect("write");
+        // An env provider under a prefix nobody sets keeps the test independent of the shell.
+        Config::load_from(
+            Some(file.path()),
+            Env::prefixed("APP_TIER_CMK_UNIT_TEST_NONE_"),
+        )
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let config = load_str("").expect("defaults");
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen_address.0.port(), DEFAULT_PORT);
+        assert_eq!(config.scan.interval.0, Duration::from_secs(300));
+        assert_eq!(config.matching.tag_key.0, "app_tier");
+    }
+
+    #[test]
+    fn full_example_parses() {
+        let config = load_str(
+            r#"
+listen_address = "127.0.0.1:8080"
+metrics_path = "/m"
+regions = ["us-east-1", "eu-west-1"]
+[scan]
+interval = "1m"
+timeout = "30s"
+concurrency = 4
+[match]
+tag_key = "App-Tier"
+tag_values = ["yes"]
+case_insensitive = true
+key_states = ["Enabled", "Disabled"]
+[[accounts]]
+name = "prod"
+role_arn = "arn:aws:iam::111111111111:role/path/AppTierCmkScanner"
+external_id = "x"
+regions = ["us-west-2"]
+"#,
+        )
+        .expect("valid");
+        assert_eq!(config.scan.concurrency.0, 4);
+        assert_eq!(
+            config.accounts[0]
+                .role_arn
+                .as_ref()
+                .map(|a| a.account().0.as_str()),
+            Some("111111111111")
+        );
+        assert_eq!(config.matching.key_states.len(), 2);
+    }
+
+    fn error_of(toml: &str) -> String {
+        load_str(toml).expect_err("must be refused").0
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_its_name() {
+        let e = error_of("[scan]\nintervall = \"1m\"\n");
+        assert!(e.contains("intervall"), "{e}");
+        assert!(e.contains("config file"), "{e}");
+    }
+
+    #[test]
+    fn malformed_duration_names_key_and_value() {
+        let e = error_of("[scan]\ninterval = \"5 parsecs\"\n");
+        assert!(
+            e.contains("scan.interval") && e.contains("5 parsecs"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn short_account_id_is_refused() {
+        let e = error_of("[[accounts]]\naccount_id = \"12345\"\n");
+        assert!(
+            e.contains("account_id") && e.contains("12345") && e.contains("12 digits"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn role_arn_must_parse() {
+        for bad in [
+            "arn:aws:iam::1111:role/x",
+            "arn:aws:iam::111111111111:user/x",
+            "arn:aws:s3:::bucket",
+            "role/x",
+            "arn:aws:iam::111111111111:role/",
+        ] {
+            let e = error_of(&format!("[[accounts]]\nrole_arn = \"{bad}\"\n"));
+            assert!(e.contains("role_arn") && e.contains(bad), "{e}");
+        }
+    }
+
+    #[test]
+    fn region_must_be_region_shaped() {
+        for bad in ["useast1", "US-EAST-1", "us-east", "us-east-01", "eu_west_1"] {
+            let e = error_of(&format!("regions = [\"{bad}\"]\n"));
+            assert!(e.contains("regions") && e.contains(bad), "{bad}: {e}");
+        }
+        for good in [
+            "us-east-1",
+            "us-gov-west-1",
+            "ap-southeast-2",
+            "il-central-1",
+        ] {
+            assert!(Region::parse(good).is_some(), "{good}");
+        }
+    }
+
+    #[test]
+    fn empty_tag_key_is_refused() {
+        let e = error_of("[match]\ntag_key = \"\"\n");
+        assert!(e.contains("match.tag_key") && e.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_state_is_refused() {
+        let e = error_of("[match]\nkey_states = [\"enabled\"]\n");
+        assert!(e.contains("enabled") && e.contains("Enabled"), "{e}");
+    }
+
+    #[test]
+    fn account_id_must_match_role_arn() {
+        let e = error_of(
+            "[[accounts]]\naccount_id = \"222222222222\"\nrole_arn = \"arn:aws:iam::111111111111:role/r\"\n",
+        );
+        assert!(
+            e.contains("222222222222") && e.contains("111111111111"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn duplicate_accounts_are_refused() {
+        let e = error_of(
+            "[[accounts]]\nrole_arn = \"arn:aws:iam::111111111111:role/r\"\n[[accounts]]\nrole_arn = \"arn:aws:iam::111111111111:role/r\"\n",
+        );
+        assert!(e.contains("twice"), "{e}");
+    }
+
+    #[test]
+    fn missing_file_is_refused() {
+        let e = Config::load_from(
+            Some(Path::new("/nonexistent/x.toml")),
+            Env::prefixed("NONE_"),
+        )
+        .expect_err("missing")
+        .0;
+        assert!(e.contains("/nonexistent/x.toml"), "{e}");
+    }
+
+    #[test]
+    fn toml_syntax_error_names_the_file() {
+        let e = error_of("regions = [\n");
+        assert!(e.contains("config file"), "{e}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's own signature
+    fn environment_overrides_file_and_names_the_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("c.toml", "[scan]\ninterval = \"5m\"\n")?;
+            jail.set_env("APP_TIER_CMK_SCAN__INTERVAL", "1m");
+            jail.set_env("APP_TIER_CMK_MATCH__TAG_KEY", "AppTier");
+            let config = Config::load(Some(Path::new("c.toml"))).map_err(|e| e.0)?;
+            assert_eq!(config.scan.interval.0, Duration::from_secs(60));
+            assert_eq!(config.matching.tag_key.0, "AppTier");
+            jail.set_env("APP_TIER_CMK_SCAN__TIMEOUT", "soon");
+            let e = Config::load(None).expect_err("bad duration").0;
+            assert!(
+                e.contains("APP_TIER_CMK_SCAN__TIMEOUT") && e.contains("soon"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn zero_concurrency_is_refused() {
+        let e = error_of("[scan]\nconcurrency = 0\n");
+        assert!(e.contains("scan.concurrency") && e.contains('0'), "{e}");
+    }
+}

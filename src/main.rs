@@ -1,0 +1,177 @@
+//! Command line of app-tier-cmk-exporter: parse flags, set up logging, run a mode, exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use app_tier_cmk_exporter::app::{self, AppError, Output};
+use app_tier_cmk_exporter::config::{Config, ListenAddress};
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+/// Exit code for a bad command line or configuration (0-2 belong to `scan` verdicts).
+const EXIT_USAGE: u8 = 3;
+/// Exit code when the exporter cannot run (e.g. the port is taken).
+const EXIT_RUNTIME: u8 = 1;
+
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    about = "Prometheus exporter: is there an App-Tier KMS CMK in every AWS account and region?"
+)]
+struct Cli {
+    /// TOML configuration file (defaults apply without one; APP_TIER_CMK_* variables override).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+
+    /// Address to listen on; overrides `listen_address`.
+    #[arg(long = "web.listen-address", value_name = "HOST:PORT")]
+    listen_address: Option<String>,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    #[arg(long = "log.level", global = true, default_value = "info")]
+    log_level: String,
+
+    /// Log format.
+    #[arg(long = "log.format", global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Scan every target once, print a report, exit 0 (all PASS), 1 (a FAIL) or 2 (an UNKNOWN).
+    Scan {
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum OutputFormat {
+    Table,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_USAGE } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    if let Err(message) = init_logging(&cli) {
+        eprintln!("error: {message}");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: invalid configuration\n{e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if let Some(address) = cli.listen_address.clone() {
+        match ListenAddress::try_from(address) {
+            Ok(address) => config.listen_address = address,
+            Err(e) => {
+                eprintln!("error: flag --web.listen-address: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_RUNTIME);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Some(Command::Scan { output }) => {
+                let output = match output {
+                    OutputFormat::Table => Output::Table,
+                    OutputFormat::Json => Output::Json,
+                };
+                app::run_scan(config, output).await
+            }
+            None => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(cancel_on_signal(shutdown.clone()));
+                app::run_exporter(config, shutdown).await.map(|()| 0)
+            }
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_RUNTIME)),
+        Err(e @ AppError::Config(_)) => {
+            eprintln!("error: invalid configuration\n{e}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(EXIT_RUNTIME)
+        }
+    }
+}
+
+fn init_logging(cli: &Cli) -> Result<(), String> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(directives) if !directives.is_empty() => {
+            EnvFilter::try_new(&directives).map_err(|e| format!("RUST_LOG={directives:?}: {e}"))?
+        }
+        _ => {
+            // The SDK and hyper are chatty at debug; keep them at warn unless RUST_LOG asks.
+            let directives = format!(
+                "{},aws=warn,aws_smithy_runtime=warn,hyper=warn",
+                cli.log_level
+            );
+            EnvFilter::try_new(&directives)
+                .map_err(|e| format!("flag --log.level {:?}: {e}", cli.log_level))?
+        }
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received, shutting down"),
+            _ = int.recv() => tracing::info!("SIGINT received, shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}
