@@ -47,7 +47,19 @@ async fn build_scanner(config: &Config, metrics: &Metrics) -> Result<Scanner, Ap
     });
     let clients =
         Arc::new(AwsClients::load(metrics.aws_requests_total.clone(), first_region).await);
-    let plan = targets::plan(config, clients.default_region().as_deref())?;
+    let shard = config.shard().map_err(|e| ConfigError(e.to_string()))?;
+    let full = targets::plan(config, clients.default_region().as_deref())?;
+    let configured = full.accounts.len();
+    let plan = shard.restrict(full);
+    if shard.total() > 1 {
+        info!(
+            shard = shard.ordinal(),
+            total_shards = shard.total(),
+            accounts = plan.accounts.len(),
+            configured_accounts = configured,
+            "sharded: scanning only the accounts this shard owns"
+        );
+    }
     let snapshot = SharedSnapshot::new(Snapshot::new(&plan));
     Ok(Scanner::new(
         clients,
@@ -60,7 +72,8 @@ async fn build_scanner(config: &Config, metrics: &Metrics) -> Result<Scanner, Ap
 
 /// Runs the exporter until `shutdown` is cancelled.
 pub async fn run_exporter(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new());
+    let shard = config.shard().map_err(|e| ConfigError(e.to_string()))?;
+    let metrics = Arc::new(Metrics::for_shard(shard));
     let scanner = Arc::new(build_scanner(&config, &metrics).await?);
     let address = config.listen_address.0;
     let listener = TcpListener::bind(address)

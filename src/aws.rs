@@ -1,4 +1,4 @@
-//! AWS plumbing: one KMS client per region shared by every account, credentials per account
+//! AWS plumbing: one KMS (and tagging API) client per region shared by every account, credentials per account
 //! (default chain or AssumeRole, cached and refreshed before expiry), error classification and
 //! the request counter.
 //!
@@ -50,6 +50,7 @@ pub struct AwsClients {
     base: SdkConfig,
     sts: aws_sdk_sts::Client,
     kms_by_region: Mutex<HashMap<String, aws_sdk_kms::Client>>,
+    tagging_by_region: Mutex<HashMap<String, aws_sdk_resourcegroupstagging::Client>>,
     requests: RequestCounter,
 }
 
@@ -88,6 +89,7 @@ impl AwsClients {
             sts: aws_sdk_sts::Client::from_conf(sts.build()),
             base,
             kms_by_region: Mutex::new(HashMap::new()),
+            tagging_by_region: Mutex::new(HashMap::new()),
             requests,
         }
     }
@@ -111,10 +113,34 @@ impl AwsClients {
                     .credentials_provider(ScopedCredentials)
                     // Each account caches its own credentials; the SDK's cache would mix them.
                     .identity_cache(IdentityCache::no_cache())
-                    .interceptor(AccountRetryPartition)
+                    .interceptor(AccountRetryPartition(Service::Kms))
                     .interceptor(self.requests.clone())
                     .build();
                 aws_sdk_kms::Client::from_conf(config)
+            })
+            .clone()
+    }
+
+    /// The Resource Groups Tagging API client of `region` (`scan.discovery = "tagging"`),
+    /// created on first use and shared by every account like [`AwsClients::kms`].
+    pub fn tagging(&self, region: &Region) -> aws_sdk_resourcegroupstagging::Client {
+        let mut clients = self
+            .tagging_by_region
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        clients
+            .entry(region.0.clone())
+            .or_insert_with(|| {
+                let config = aws_sdk_resourcegroupstagging::config::Builder::from(&self.base)
+                    .region(aws_sdk_resourcegroupstagging::config::Region::new(
+                        region.0.clone(),
+                    ))
+                    .credentials_provider(ScopedCredentials)
+                    .identity_cache(IdentityCache::no_cache())
+                    .interceptor(AccountRetryPartition(Service::Tagging))
+                    .interceptor(self.requests.clone())
+                    .build();
+                aws_sdk_resourcegroupstagging::Client::from_conf(config)
             })
             .clone()
     }
@@ -135,6 +161,8 @@ impl AwsClients {
         };
         Arc::new(AccountAccess {
             retry_partition: RetryPartition::new(format!("kms-{label}")),
+            // The tagging API has its own quotas: its own retry budget.
+            tagging_retry_partition: RetryPartition::new(format!("tagging-{label}")),
             label,
             source,
             cached: tokio::sync::Mutex::new(None),
@@ -174,6 +202,7 @@ pub struct AccountAccess {
     label: String,
     source: CredentialSource,
     retry_partition: RetryPartition,
+    tagging_retry_partition: RetryPartition,
     cached: tokio::sync::Mutex<Option<(Credentials, SystemTime)>>,
 }
 
@@ -295,10 +324,17 @@ impl ProvideCredentials for ScopedCredentials {
     }
 }
 
-/// Puts the scoped account's retry partition in the request's config, before the retry
-/// strategy picks its token bucket.
+/// The services whose shared clients carry per-account retry partitions.
+#[derive(Clone, Copy, Debug)]
+enum Service {
+    Kms,
+    Tagging,
+}
+
+/// Puts the scoped account's retry partition (for the client's service) in the request's
+/// config, before the retry strategy picks its token bucket.
 #[derive(Debug)]
-struct AccountRetryPartition;
+struct AccountRetryPartition(Service);
 
 impl Intercept for AccountRetryPartition {
     fn name(&self) -> &'static str {
@@ -311,7 +347,11 @@ impl Intercept for AccountRetryPartition {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        if let Ok(partition) = CURRENT_ACCOUNT.try_with(|a| a.retry_partition.clone()) {
+        let partition = CURRENT_ACCOUNT.try_with(|a| match self.0 {
+            Service::Kms => a.retry_partition.clone(),
+            Service::Tagging => a.tagging_retry_partition.clone(),
+        });
+        if let Ok(partition) = partition {
             cfg.interceptor_state().store_put(partition);
         }
         Ok(())

@@ -14,6 +14,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::shard::{Shard, ShardError};
+
 /// Prefix of the environment variables that override the file.
 pub const ENV_PREFIX: &str = "APP_TIER_CMK_";
 
@@ -33,6 +35,10 @@ pub struct Config {
     pub matching: MatchConfig,
     /// Accounts to scan. Empty: the account of the default credentials.
     pub accounts: Vec<AccountConfig>,
+    /// This replica's shard, 0 to `total_shards - 1` (`--shard` overrides).
+    pub shard: u32,
+    /// Number of replicas that share the accounts (`--total-shards` overrides).
+    pub total_shards: u32,
 }
 
 impl Default for Config {
@@ -44,6 +50,8 @@ impl Default for Config {
             scan: ScanConfig::default(),
             matching: MatchConfig::default(),
             accounts: Vec::new(),
+            shard: 0,
+            total_shards: 1,
         }
     }
 }
@@ -57,6 +65,20 @@ pub struct ScanConfig {
     pub timeout: PositiveDuration,
     /// AWS calls in flight across all targets.
     pub concurrency: Concurrency,
+    /// How candidate keys are found.
+    pub discovery: Discovery,
+}
+
+/// How a scan finds the keys that may carry the App-Tier tag.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// Every key of the region: ListKeys, ListAliases, ListResourceTags per customer key.
+    #[default]
+    Kms,
+    /// The Resource Groups Tagging API's GetResources: one call per 100 tagged keys, but
+    /// eventually consistent (see README, Performance and scale).
+    Tagging,
 }
 
 impl Default for ScanConfig {
@@ -65,6 +87,7 @@ impl Default for ScanConfig {
             interval: PositiveDuration(Duration::from_secs(300)),
             timeout: PositiveDuration(Duration::from_secs(120)),
             concurrency: Concurrency(16),
+            discovery: Discovery::Kms,
         }
     }
 }
@@ -431,6 +454,11 @@ impl Config {
         Ok(config)
     }
 
+    /// This replica's shard.
+    pub fn shard(&self) -> Result<Shard, ShardError> {
+        Shard::new(self.shard, self.total_shards)
+    }
+
     /// Checks that span several keys (serde checked each value alone).
     fn check_consistency(&self, figment: &Figment) -> Result<(), ConfigError> {
         let source = |key: &str| {
@@ -497,6 +525,19 @@ impl Config {
                     state.0
                 )));
             }
+        }
+        if let Err(e) = self.shard() {
+            let key = if figment.find_metadata("shard").is_some() {
+                "shard"
+            } else {
+                "total_shards"
+            };
+            return Err(ConfigError(format!(
+                "{}: keys `shard` = {}, `total_shards` = {}: {e}",
+                source(key),
+                self.shard,
+                self.total_shards
+            )));
         }
         if self.matching.key_states.is_empty() {
             return Err(ConfigError(format!(
@@ -747,5 +788,29 @@ regions = ["us-west-2"]
     fn zero_concurrency_is_refused() {
         let e = error_of("[scan]\nconcurrency = 0\n");
         assert!(e.contains("scan.concurrency") && e.contains('0'), "{e}");
+    }
+
+    #[test]
+    fn discovery_defaults_to_kms_and_accepts_tagging() {
+        assert_eq!(
+            load_str("").expect("defaults").scan.discovery,
+            Discovery::Kms
+        );
+        let config = load_str("[scan]\ndiscovery = \"tagging\"\n").expect("valid");
+        assert_eq!(config.scan.discovery, Discovery::Tagging);
+        let e = error_of("[scan]\ndiscovery = \"ec2\"\n");
+        assert!(e.contains("scan.discovery") && e.contains("tagging"), "{e}");
+    }
+
+    #[test]
+    fn shard_outside_total_shards_is_refused() {
+        let config = load_str("shard = 2\ntotal_shards = 3\n").expect("valid");
+        assert_eq!(config.shard().map(|s| s.ordinal()), Ok(2));
+        let e = error_of("shard = 3\ntotal_shards = 3\n");
+        assert!(e.contains("`shard` = 3") && e.contains("0 to 2"), "{e}");
+        let e = error_of("total_shards = 0\n");
+        assert!(e.contains("total_shards"), "{e}");
+        let e = error_of("shard = -1\n");
+        assert!(e.contains("shard"), "{e}");
     }
 }

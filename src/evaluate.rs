@@ -128,6 +128,15 @@ impl Matcher {
         &self.tag_key
     }
 
+    /// Accepted values (folded to lower case when matching ignores case); empty: any.
+    pub fn tag_values(&self) -> &[String] {
+        &self.tag_values
+    }
+
+    pub fn case_insensitive(&self) -> bool {
+        self.case_insensitive
+    }
+
     fn same(&self, actual: &str, wanted: &str) -> bool {
         if self.case_insensitive {
             actual.to_lowercase() == wanted

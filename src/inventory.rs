@@ -2,6 +2,9 @@
 //! describe (and read the rotation of) the tagged ones. Produces [`KeyFacts`]; decides nothing.
 //!
 //! Must run inside [`crate::aws::AccountAccess::scope`], which supplies the credentials.
+//! [`tagging`] finds the tagged keys through the tagging API instead of listing every key.
+
+pub mod tagging;
 
 use std::collections::HashMap;
 
@@ -51,6 +54,10 @@ pub async fn scan_target(
         .buffer_unordered(fanout.max(1))
         .try_collect()
         .await?;
+    Ok(fold(outcomes))
+}
+
+fn fold(outcomes: Vec<KeyOutcome>) -> Inventory {
     let mut inventory = Inventory::default();
     for outcome in outcomes {
         if let KeyOutcome::Facts(facts, errors) = outcome {
@@ -58,7 +65,7 @@ pub async fn scan_target(
             inventory.soft_errors.extend(errors);
         }
     }
-    Ok(inventory)
+    inventory
 }
 
 async fn list_keys(kms: &Client, permits: &Semaphore) -> Result<Vec<String>, AwsError> {
@@ -137,7 +144,17 @@ async fn inspect_key(
     if !tagged {
         return Ok(KeyOutcome::Facts(facts, soft_errors));
     }
+    describe_tagged(kms, permits, facts, soft_errors).await
+}
 
+/// DescribeKey of a key that carries the App-Tier tag and, where AWS supports it,
+/// GetKeyRotationStatus.
+async fn describe_tagged(
+    kms: &Client,
+    permits: &Semaphore,
+    mut facts: KeyFacts,
+    mut soft_errors: Vec<AwsError>,
+) -> Result<KeyOutcome, AwsError> {
     facts.description = match describe(kms, permits, &facts.key_id).await {
         Ok(d) => Lookup::Found(d),
         Err(Soft::Gone) => return Ok(KeyOutcome::Gone),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use app_tier_cmk_exporter::app::{self, AppError, Output};
 use app_tier_cmk_exporter::config::{Config, ListenAddress};
+use app_tier_cmk_exporter::shard::ordinal_from_hostname;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -35,6 +36,18 @@ struct Cli {
     /// Log format.
     #[arg(long = "log.format", global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+
+    /// This replica's shard, 0 to total-shards - 1; overrides `shard`.
+    #[arg(long, global = true, value_name = "N")]
+    shard: Option<u32>,
+
+    /// Number of replicas that share the accounts; overrides `total_shards`.
+    #[arg(long = "total-shards", global = true, value_name = "M")]
+    total_shards: Option<u32>,
+
+    /// Take the shard from the ordinal that ends the hostname (StatefulSet pod NAME-N).
+    #[arg(long = "shard-from-hostname", global = true, conflicts_with = "shard")]
+    shard_from_hostname: bool,
 
     #[command(subcommand)]
     command: Option<Command>,
@@ -90,6 +103,10 @@ fn main() -> ExitCode {
             }
         }
     }
+    if let Err(message) = apply_shard_flags(&cli, &mut config) {
+        eprintln!("error: {message}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -127,6 +144,42 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_RUNTIME)
         }
     }
+}
+
+/// `--shard`, `--total-shards` and `--shard-from-hostname` over the configuration.
+fn apply_shard_flags(cli: &Cli, config: &mut Config) -> Result<(), String> {
+    let mut flags = Vec::new();
+    if cli.shard_from_hostname {
+        let hostname = hostname().ok_or("flag --shard-from-hostname: cannot read the hostname")?;
+        config.shard = ordinal_from_hostname(&hostname).ok_or_else(|| {
+            format!(
+                "flag --shard-from-hostname: hostname {:?} does not end in -N (a StatefulSet pod ordinal)",
+                hostname.trim()
+            )
+        })?;
+        flags.push(format!("--shard-from-hostname ({})", hostname.trim()));
+    }
+    if let Some(shard) = cli.shard {
+        config.shard = shard;
+        flags.push(format!("--shard {shard}"));
+    }
+    if let Some(total) = cli.total_shards {
+        config.total_shards = total;
+        flags.push(format!("--total-shards {total}"));
+    }
+    match config.shard() {
+        Ok(_) => Ok(()),
+        Err(e) if flags.is_empty() => Err(e.to_string()),
+        Err(e) => Err(format!("flags {}: {e}", flags.join(" "))),
+    }
+}
+
+/// The kernel's hostname (the pod name in Kubernetes), else `$HOSTNAME`.
+fn hostname() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .filter(|h| !h.trim().is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
 }
 
 fn init_logging(cli: &Cli) -> Result<(), String> {

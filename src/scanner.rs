@@ -1,6 +1,7 @@
 //! Scan rounds: resolve each account (ID, credentials), then scan every target with a time
 //! bound and a global bound on AWS calls in flight, and write each result to the snapshot.
-//! Rounds never overlap; a failure in one target never stops the others.
+//! Rounds never overlap; a failure in one target never stops the others. The first round
+//! starts every target at once; later ones spread them over the interval ([`schedule`]).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,10 +12,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::aws::{AccountAccess, AwsClients};
-use crate::config::ScanConfig;
+use crate::config::{Discovery, ScanConfig};
 use crate::error::{AwsError, ErrorKind};
 use crate::evaluate::{Matcher, evaluate};
 use crate::inventory;
+use crate::schedule;
 use crate::snapshot::SharedSnapshot;
 use crate::targets::{AccountSpec, Plan, Target};
 
@@ -68,8 +70,14 @@ impl Scanner {
         &self.snapshot
     }
 
-    /// Scans every target once. Returns when all are recorded in the snapshot.
+    /// Scans every target once, all starting at once. Returns when all are recorded in the
+    /// snapshot.
     pub async fn run_round(&self) {
+        self.round(Duration::ZERO).await;
+    }
+
+    /// Scans every target once, their starts spread evenly over `window`.
+    async fn round(&self, window: Duration) {
         let started = Instant::now();
         let concurrency = self.settings.concurrency.0;
         let ready: Vec<Result<(), AwsError>> = futures::stream::iter(0..self.accounts.len())
@@ -77,9 +85,20 @@ impl Scanner {
             .buffered(concurrency)
             .collect()
             .await;
-        futures::stream::iter(self.targets.iter().enumerate())
-            .for_each_concurrent(concurrency, |(i, target)| {
-                self.scan_target(i, target, &ready[target.account])
+        let offsets = self.start_offsets(window);
+        let mut order: Vec<usize> = (0..self.targets.len()).collect();
+        // In start order, so that targets waiting for their slot never hold back earlier ones.
+        order.sort_by_key(|&i| offsets[i]);
+        let round_start = tokio::time::Instant::now();
+        futures::stream::iter(order)
+            .for_each_concurrent(concurrency, |i| {
+                let target = &self.targets[i];
+                let ready = &ready[target.account];
+                let start = round_start + offsets[i];
+                async move {
+                    tokio::time::sleep_until(start).await;
+                    self.scan_target(i, target, ready).await;
+                }
             })
             .await;
         let snapshot = self.snapshot.read();
@@ -92,14 +111,35 @@ impl Scanner {
         );
     }
 
-    /// Runs rounds every `scan.interval` (the first at once) until `shutdown`.
+    /// Start offset of every target: hashed from account and region, spread over `window`.
+    fn start_offsets(&self, window: Duration) -> Vec<Duration> {
+        if window.is_zero() {
+            return vec![Duration::ZERO; self.targets.len()];
+        }
+        let snapshot = self.snapshot.read();
+        let keys: Vec<u64> = self
+            .targets
+            .iter()
+            .map(|t| {
+                let account = snapshot.accounts.get(t.account).map_or("", |a| a.label());
+                schedule::target_key(account, t.region.as_str())
+            })
+            .collect();
+        schedule::start_offsets(&keys, window)
+    }
+
+    /// Runs rounds every `scan.interval` until `shutdown`: the first starts every target at
+    /// once (so that `/readyz` comes quickly), later ones spread them over the interval.
     pub async fn run(&self, shutdown: CancellationToken) {
+        let spread = schedule::spread_window(self.settings.interval.0, self.settings.timeout.0);
+        let mut window = Duration::ZERO;
         loop {
             let started = tokio::time::Instant::now();
             tokio::select! {
-                _ = self.run_round() => {}
+                _ = self.round(window) => {}
                 _ = shutdown.cancelled() => return,
             }
+            window = spread;
             let next = started + self.settings.interval.0;
             if tokio::time::Instant::now() > next {
                 warn!(
@@ -161,13 +201,25 @@ impl Scanner {
         let access = &self.access[target.account];
         let kms = self.clients.kms(&target.region);
         let fanout = self.settings.concurrency.0.min(MAX_FANOUT);
-        let scan = access.scope(inventory::scan_target(
-            &kms,
-            &self.matcher,
-            &self.permits,
-            fanout,
-        ));
-        let result = match tokio::time::timeout(self.settings.timeout.0, scan).await {
+        let scan = async {
+            match self.settings.discovery {
+                Discovery::Kms => {
+                    inventory::scan_target(&kms, &self.matcher, &self.permits, fanout).await
+                }
+                Discovery::Tagging => {
+                    let tagging = self.clients.tagging(&target.region);
+                    inventory::tagging::scan_target(
+                        &tagging,
+                        &kms,
+                        &self.matcher,
+                        &self.permits,
+                        fanout,
+                    )
+                    .await
+                }
+            }
+        };
+        let result = match tokio::time::timeout(self.settings.timeout.0, access.scope(scan)).await {
             Ok(result) => result,
             Err(_) => Err(AwsError::new(
                 "Scan",

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -18,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::body::Chunks;
 use crate::metrics::{Metrics, VERSION};
 use crate::snapshot::SharedSnapshot;
 
@@ -77,7 +77,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: Cancel
     }
 }
 
-fn route(req: &Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
+fn route(req: &Request<Incoming>, state: &AppState) -> Response<Chunks> {
     let path = req.uri().path();
     let known = path == state.metrics_path || matches!(path, "/" | "/healthz" | "/readyz");
     if !known {
@@ -107,22 +107,23 @@ fn route(req: &Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
         }
         "/" => landing_page(&state.metrics_path),
         _ => {
-            let body = state.metrics.render(&state.snapshot);
-            with_type(StatusCode::OK, METRICS_CONTENT_TYPE, Bytes::from(body))
+            // Shared chunks: the cached text is not copied per scrape.
+            let body = Chunks::new(state.metrics.body(&state.snapshot));
+            with_type(StatusCode::OK, METRICS_CONTENT_TYPE, body)
         }
     }
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+fn text(status: StatusCode, body: &str) -> Response<Chunks> {
     with_type(
         status,
         "text/plain; charset=utf-8",
-        Bytes::from(body.to_owned()),
+        Chunks::from(Bytes::from(body.to_owned())),
     )
 }
 
-fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(body));
+fn with_type(status: StatusCode, content_type: &'static str, body: Chunks) -> Response<Chunks> {
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     response
         .headers_mut()
@@ -130,7 +131,7 @@ fn with_type(status: StatusCode, content_type: &'static str, body: Bytes) -> Res
     response
 }
 
-fn landing_page(metrics_path: &str) -> Response<Full<Bytes>> {
+fn landing_page(metrics_path: &str) -> Response<Chunks> {
     let body = format!(
         "<!DOCTYPE html>\n<html>\n<head><title>App-Tier CMK exporter</title></head>\n<body>\n\
          <h1>App-Tier CMK exporter</h1>\n\
@@ -143,7 +144,7 @@ fn landing_page(metrics_path: &str) -> Response<Full<Bytes>> {
     with_type(
         StatusCode::OK,
         "text/html; charset=utf-8",
-        Bytes::from(body),
+        Chunks::from(Bytes::from(body)),
     )
 }
 
