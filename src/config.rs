@@ -813,4 +813,13 @@ regions = ["us-west-2"]
         let e = error_of("shard = -1\n");
         assert!(e.contains("shard"), "{e}");
     }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        let config = Config::load_from(Some(&path), Env::prefixed("APP_TIER_CMK_UNIT_TEST_NONE_"))
+            .expect("config/example.toml must load");
+        assert_eq!(config.scan.discovery, Discovery::Kms);
+        assert_eq!(config.shard(), Ok(Shard::ALL));
+    }
 }

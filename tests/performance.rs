@@ -1,0 +1,181 @@
+//! Cheapness and scale against moto: credentials are reused across rounds, a scrape makes no
+//! AWS call, and shards split the accounts without overlap or gap.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use app_tier_cmk_exporter::config::AccountId;
+use app_tier_cmk_exporter::shard::shard_of;
+use support::*;
+
+const ACCOUNTS: [&str; 6] = [
+    "111111111111",
+    "222222222222",
+    "333333333333",
+    "444444444444",
+    "555555555555",
+    "666666666666",
+];
+
+fn role_accounts_config(accounts: &[&str], interval: &str) -> String {
+    let mut toml = format!("regions = [\"us-east-1\"]\n[scan]\ninterval = \"{interval}\"\n");
+    for account in accounts {
+        toml.push_str(&format!(
+            "[[accounts]]\nrole_arn = \"{}\"\n",
+            scanner_role_arn(account)
+        ));
+    }
+    toml
+}
+
+fn calls(body: &str, operation: &str) -> f64 {
+    matching_samples(
+        body,
+        "app_tier_cmk_aws_requests_total",
+        &[("operation", operation)],
+    )
+    .iter()
+    .map(|s| s.value)
+    .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn assumed_role_credentials_are_reused_across_rounds() {
+    let moto = Moto::start().await;
+    let accounts = &ACCOUNTS[..2];
+    let exporter =
+        Exporter::start_with_moto(&role_accounts_config(accounts, "1s"), &moto.endpoint(), &[])
+            .await;
+    // Three rounds: one ListKeys per target and round.
+    let body = exporter
+        .wait_until(
+            |body| calls(body, "ListKeys") >= 3.0 * accounts.len() as f64,
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_eq!(
+        calls(&body, "AssumeRole"),
+        accounts.len() as f64,
+        "one AssumeRole per account, not per round\n{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrapes_make_no_aws_calls() {
+    let moto = Moto::start().await;
+    let seeder = Seeder::new(moto.endpoint());
+    let kms = seeder.kms(Some(ACCOUNTS[0]), "us-east-1").await;
+    create_key(&kms, &[("app_tier", "web")]).await;
+    let exporter = Exporter::start_with_moto(
+        &role_accounts_config(&ACCOUNTS[..1], "1h"),
+        &moto.endpoint(),
+        &[],
+    )
+    .await;
+    exporter.wait_ready(Duration::from_secs(30)).await;
+    let requests = |body: &str| {
+        matching_samples(body, "app_tier_cmk_aws_requests_total", &[])
+            .iter()
+            .map(|s| s.value)
+            .sum::<f64>()
+    };
+    let before = requests(&exporter.metrics().await);
+    assert!(before > 0.0);
+    for _ in 0..50 {
+        exporter.metrics().await;
+    }
+    assert_eq!(requests(&exporter.metrics().await), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_split_the_accounts_without_overlap_or_gap() {
+    let moto = Moto::start().await;
+    let (_dir, path) = write_config(&role_accounts_config(&ACCOUNTS, "1h"));
+    let path = path.to_string_lossy().into_owned();
+    let env = aws_env(&moto.endpoint());
+    let total = 3u32;
+    let mut seen = BTreeSet::new();
+    for shard in 0..total {
+        let (_, stdout, stderr) = run_scan(
+            &[
+                "scan",
+                "--config",
+                &path,
+                "--output",
+                "json",
+                "--shard",
+                &shard.to_string(),
+                "--total-shards",
+                &total.to_string(),
+            ],
+            &env,
+        )
+        .await;
+        let rows: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {stdout}\n{stderr}"));
+        for row in rows.as_array().expect("array") {
+            let account = row["account"].as_str().expect("account").to_owned();
+            let id = AccountId::parse(&account).expect("12 digits");
+            assert_eq!(shard_of(&id, total), shard, "{account} on the wrong shard");
+            assert!(seen.insert(account.clone()), "{account} on two shards");
+        }
+    }
+    let all: BTreeSet<String> = ACCOUNTS.iter().map(|a| a.to_string()).collect();
+    assert_eq!(seen, all, "every account on some shard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_exporter_exports_its_shard_and_only_its_accounts() {
+    let moto = Moto::start().await;
+    let total = 2u32;
+    let shard = 1u32;
+    let exporter = Exporter::builder(&role_accounts_config(&ACCOUNTS, "1h"))
+        .moto(&moto.endpoint())
+        .env("APP_TIER_CMK_TOTAL_SHARDS", total.to_string())
+        .args(&["--config", "{config}", "--shard", &shard.to_string()])
+        .start()
+        .await;
+    exporter.wait_ready(Duration::from_secs(30)).await;
+    let body = exporter.metrics().await;
+    assert_eq!(
+        sample_value(
+            &body,
+            "app_tier_cmk_shard_info",
+            &[("shard", "1"), ("total_shards", "2")]
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert_eq!(
+        sample_value(&body, "app_tier_cmk_total_shards", &[]),
+        Some(2.0)
+    );
+    let exported: BTreeSet<String> = matching_samples(&body, "app_tier_cmk_account_info", &[])
+        .into_iter()
+        .filter_map(|s| s.labels.get("account").cloned())
+        .collect();
+    let owned: BTreeSet<String> = ACCOUNTS
+        .iter()
+        .filter(|a| shard_of(&AccountId::parse(a).expect("id"), total) == shard)
+        .map(|a| a.to_string())
+        .collect();
+    assert!(!owned.is_empty() && owned.len() < ACCOUNTS.len());
+    assert_eq!(exported, owned);
+    assert_eq!(calls(&body, "AssumeRole"), owned.len() as f64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_outside_total_shards_is_refused() {
+    let (code, _, stderr) = run_scan(
+        &["--shard", "2", "--total-shards", "2"],
+        &[("AWS_REGION", "us-east-1")],
+    )
+    .await;
+    assert_eq!(code, 3, "{stderr}");
+    assert!(
+        stderr.contains("--shard 2") && stderr.contains("0 to 1"),
+        "{stderr}"
+    );
+}
