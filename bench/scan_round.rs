@@ -1,0 +1,424 @@
+//! Scan-round benchmark: builds a realistic inventory in moto, runs one round per discovery
+//! mode (`kms`, `tagging`) in the release exporter, and prints, side by side: wall time, AWS
+//! calls by operation, calls per target, peak RSS, CPU time, and the ratio of the round's time
+//! to the time moto itself needs for that many calls at its measured ceiling.
+//!
+//! `cargo bench --bench scan_round` (all scenarios) or
+//! `cargo bench --bench scan_round -- --scenario 20x4x100`; under `cargo test` it runs a tiny
+//! inventory as a smoke test. Output: Markdown on stdout (see bench/RESULTS.md).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use support::*;
+
+use common::*;
+
+/// AWS calls in flight: the exporter's default `scan.concurrency`, and the ceiling loop's.
+const CONCURRENCY: usize = 16;
+/// Calls in flight while seeding.
+const SEED_CONCURRENCY: usize = 32;
+
+struct Scenario {
+    name: &'static str,
+    /// `None`: the default account (no role); else this many accounts through AssumeRole.
+    accounts: Option<usize>,
+    /// Keys per region, one entry per region.
+    keys_per_region: Vec<usize>,
+}
+
+const REGIONS: [&str; 4] = ["us-east-1", "eu-west-1", "ap-southeast-2", "sa-east-1"];
+
+impl Scenario {
+    fn account_ids(&self) -> Vec<Option<String>> {
+        match self.accounts {
+            None => vec![None],
+            Some(n) => (0..n)
+                .map(|i| Some(format!("{:012}", 100_000_000_000u64 + i as u64 * 7919)))
+                .collect(),
+        }
+    }
+
+    fn regions(&self) -> &[&'static str] {
+        &REGIONS[..self.keys_per_region.len()]
+    }
+
+    /// (account, region, number of keys, target index)
+    fn targets(&self) -> Vec<(Option<String>, &'static str, usize, usize)> {
+        let mut out = Vec::new();
+        for account in self.account_ids() {
+            for (r, region) in self.regions().iter().enumerate() {
+                let index = out.len();
+                out.push((account.clone(), *region, self.keys_per_region[r], index));
+            }
+        }
+        out
+    }
+
+    fn config(&self, discovery: &str) -> String {
+        let regions: Vec<String> = self.regions().iter().map(|r| format!("\"{r}\"")).collect();
+        let mut toml = format!(
+            "regions = [{}]\n[scan]\ninterval = \"1h\"\ntimeout = \"30m\"\nconcurrency = {CONCURRENCY}\ndiscovery = \"{discovery}\"\n",
+            regions.join(", ")
+        );
+        for account in self.account_ids().into_iter().flatten() {
+            toml.push_str(&format!(
+                "[[accounts]]\nrole_arn = \"{}\"\n",
+                scanner_role_arn(&account)
+            ));
+        }
+        toml
+    }
+}
+
+/// What a key looks like: tagged or not, and its state.
+#[derive(Clone, Copy, PartialEq)]
+enum Seed {
+    Tagged(State),
+    Untagged(State),
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    Enabled,
+    Disabled,
+    PendingDeletion,
+}
+
+/// Every tenth key carries the App-Tier tag, cycling Enabled, Disabled, PendingDeletion; a
+/// seventh of the others are disabled, half of them carry another tag. Every fourth target
+/// holds no App-Tier key at all (it FAILs).
+fn key_seed(target: usize, key: usize) -> Seed {
+    if key % 10 == 0 && target % 4 != 3 {
+        Seed::Tagged(match (key / 10) % 3 {
+            0 => State::Enabled,
+            1 => State::Disabled,
+            _ => State::PendingDeletion,
+        })
+    } else if key % 7 == 3 {
+        Seed::Untagged(State::Disabled)
+    } else {
+        Seed::Untagged(State::Enabled)
+    }
+}
+
+struct Expected {
+    targets: usize,
+    keys: usize,
+    tagged: usize,
+    passing: usize,
+}
+
+fn expected(scenario: &Scenario) -> Expected {
+    let mut e = Expected {
+        targets: 0,
+        keys: 0,
+        tagged: 0,
+        passing: 0,
+    };
+    for (_, _, keys, target) in scenario.targets() {
+        e.targets += 1;
+        e.keys += keys;
+        let seeds: Vec<Seed> = (0..keys).map(|k| key_seed(target, k)).collect();
+        e.tagged += seeds
+            .iter()
+            .filter(|s| matches!(s, Seed::Tagged(_)))
+            .count();
+        if seeds.contains(&Seed::Tagged(State::Enabled)) {
+            e.passing += 1;
+        }
+    }
+    e
+}
+
+/// Creates the keys; returns the number of AWS calls it made and one tagged key to use for
+/// the ceiling loop.
+async fn seed(
+    moto: &Moto,
+    scenario: &Scenario,
+) -> (usize, Option<(Option<String>, &'static str, String)>) {
+    let seeder = Seeder::new(moto.endpoint());
+    let mut jobs = Vec::new();
+    for (account, region, keys, target) in scenario.targets() {
+        let client = Arc::new(seeder.kms(account.as_deref(), region).await);
+        for key in 0..keys {
+            jobs.push((
+                Arc::clone(&client),
+                account.clone(),
+                region,
+                key_seed(target, key),
+            ));
+        }
+    }
+    let made: Vec<(usize, Option<(Option<String>, &'static str, String)>)> =
+        futures::stream::iter(jobs)
+            .map(|(client, account, region, seed)| async move {
+                let (tags, state): (&[(&str, &str)], State) = match seed {
+                    Seed::Tagged(state) => (&[("app_tier", "web")], state),
+                    Seed::Untagged(state) => (&[("team", "payments")], state),
+                };
+                let id = create_key(&client, tags).await;
+                let calls = match state {
+                    State::Enabled => 1,
+                    State::Disabled => {
+                        disable_key(&client, &id).await;
+                        2
+                    }
+                    State::PendingDeletion => {
+                        schedule_deletion(&client, &id, 7).await;
+                        2
+                    }
+                };
+                let sample =
+                    matches!(seed, Seed::Tagged(State::Enabled)).then(|| (account, region, id));
+                (calls, sample)
+            })
+            .buffer_unordered(SEED_CONCURRENCY)
+            .collect()
+            .await;
+    let calls = made.iter().map(|(c, _)| c).sum();
+    (calls, made.into_iter().find_map(|(_, s)| s))
+}
+
+/// moto loads the tagging API's backends on its first GetResources (about a second): pay
+/// that before any round is timed, in a region no target uses.
+async fn warm_up_tagging_api(moto: &Moto) {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto.endpoint())
+        .region(aws_config::Region::new("ca-central-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            TEST_ACCESS_KEY,
+            TEST_SECRET_KEY,
+            None,
+            None,
+            "bench",
+        ))
+        .load()
+        .await;
+    aws_sdk_resourcegroupstagging::Client::new(&config)
+        .get_resources()
+        .resource_type_filters("kms:key")
+        .send()
+        .await
+        .expect("GetResources to warm moto up");
+}
+
+/// moto's ceiling: ListResourceTags on one key, `CONCURRENCY` in flight, for `duration`.
+async fn ceiling(
+    moto: &Moto,
+    key: &(Option<String>, &'static str, String),
+    duration: Duration,
+) -> f64 {
+    let client = Seeder::new(moto.endpoint())
+        .kms(key.0.as_deref(), key.1)
+        .await;
+    let started = Instant::now();
+    let workers = (0..CONCURRENCY).map(|_| {
+        let client = client.clone();
+        let key_id = key.2.clone();
+        async move {
+            let mut calls = 0u64;
+            while started.elapsed() < duration {
+                client
+                    .list_resource_tags()
+                    .key_id(&key_id)
+                    .send()
+                    .await
+                    .expect("ListResourceTags in the ceiling loop");
+                calls += 1;
+            }
+            calls
+        }
+    });
+    let calls: u64 = futures::future::join_all(workers).await.iter().sum();
+    calls as f64 / started.elapsed().as_secs_f64()
+}
+
+struct ModeResult {
+    round_seconds: f64,
+    ready_seconds: f64,
+    calls: BTreeMap<String, u64>,
+    failed: u64,
+    peak_rss_mib: f64,
+    cpu: Duration,
+    passing: usize,
+}
+
+async fn run_mode(moto: &Moto, scenario: &Scenario, discovery: &str) -> ModeResult {
+    let started = Instant::now();
+    let exporter = Exporter::builder(&scenario.config(discovery))
+        .moto(&moto.endpoint())
+        .args(&["--config", "{config}", "--log.format", "json"])
+        .start()
+        .await;
+    exporter.wait_ready(Duration::from_secs(3600)).await;
+    let ready_seconds = started.elapsed().as_secs_f64();
+    let pid = exporter.pid().expect("exporter running");
+    let (peak_rss_mib, _) = memory_mib(pid);
+    let cpu = cpu_time(pid);
+    let metrics = exporter.metrics().await;
+    let passing = matching_samples(&metrics, "app_tier_cmk_present", &[])
+        .iter()
+        .filter(|s| s.value == 1.0)
+        .count();
+    ModeResult {
+        round_seconds: round_seconds(&exporter.logs()).unwrap_or(f64::NAN),
+        ready_seconds,
+        calls: calls_by_operation(&metrics),
+        failed: failed_calls(&metrics),
+        peak_rss_mib,
+        cpu,
+        passing,
+    }
+}
+
+async fn run_scenario(scenario: &Scenario, ceiling_time: Duration) -> bool {
+    let e = expected(scenario);
+    println!(
+        "\n## {}: {} account(s) x {} region(s), {} keys\n",
+        scenario.name,
+        scenario.account_ids().len(),
+        scenario.regions().len(),
+        e.keys
+    );
+    println!(
+        "{} targets, {} keys of which {} carry the App-Tier tag; {} targets hold an enabled App-Tier key (PASS).\n",
+        e.targets, e.keys, e.tagged, e.passing
+    );
+    let moto = Moto::start().await;
+    let seeding = Instant::now();
+    let (seed_calls, sample_key) = seed(&moto, scenario).await;
+    warm_up_tagging_api(&moto).await;
+    let seed_time = seeding.elapsed().as_secs_f64();
+    println!(
+        "Seeded with {seed_calls} calls in {seed_time:.1} s ({:.0} calls/s, {SEED_CONCURRENCY} in flight).\n",
+        seed_calls as f64 / seed_time
+    );
+
+    let kms = run_mode(&moto, scenario, "kms").await;
+    let tagging = run_mode(&moto, scenario, "tagging").await;
+    let Some(sample_key) = sample_key else {
+        println!("(no tagged key: no ceiling measured)");
+        return kms.passing == e.passing && tagging.passing == e.passing;
+    };
+    let ceiling = ceiling(&moto, &sample_key, ceiling_time).await;
+    println!(
+        "moto's ceiling, measured right after the rounds: **{ceiling:.0} calls/s** (ListResourceTags on one key, {CONCURRENCY} in flight, {:.0} s).\n",
+        ceiling_time.as_secs_f64()
+    );
+
+    let total = |r: &ModeResult| r.calls.values().sum::<u64>();
+    let mut operations: Vec<&String> = kms.calls.keys().chain(tagging.calls.keys()).collect();
+    operations.sort();
+    operations.dedup();
+    let row = |label: &str, k: String, t: String| println!("| {label} | {k} | {t} |");
+    println!("| per round | `kms` | `tagging` |\n|---|---:|---:|");
+    row(
+        "wall time of the round",
+        format!("{:.2} s", kms.round_seconds),
+        format!("{:.2} s", tagging.round_seconds),
+    );
+    row(
+        "process start to `/readyz` 200",
+        format!("{:.2} s", kms.ready_seconds),
+        format!("{:.2} s", tagging.ready_seconds),
+    );
+    row(
+        "AWS calls",
+        total(&kms).to_string(),
+        total(&tagging).to_string(),
+    );
+    for op in operations {
+        let n = |r: &ModeResult| r.calls.get(op).copied().unwrap_or(0).to_string();
+        row(&format!("&nbsp;&nbsp;{op}"), n(&kms), n(&tagging));
+    }
+    row(
+        "failed attempts",
+        kms.failed.to_string(),
+        tagging.failed.to_string(),
+    );
+    let per_target = |r: &ModeResult| format!("{:.1}", total(r) as f64 / e.targets as f64);
+    row("calls per target", per_target(&kms), per_target(&tagging));
+    let bound = |r: &ModeResult| total(r) as f64 / ceiling;
+    row(
+        "moto-bound time (calls / ceiling)",
+        format!("{:.2} s", bound(&kms)),
+        format!("{:.2} s", bound(&tagging)),
+    );
+    row(
+        "**ratio round / bound** (target <= 1.3)",
+        format!("**{:.2}**", kms.round_seconds / bound(&kms)),
+        format!("**{:.2}**", tagging.round_seconds / bound(&tagging)),
+    );
+    row(
+        "peak RSS (VmHWM)",
+        format!("{:.1} MiB", kms.peak_rss_mib),
+        format!("{:.1} MiB", tagging.peak_rss_mib),
+    );
+    row(
+        "exporter CPU (user+sys, start to ready)",
+        format!("{:.2} s", kms.cpu.as_secs_f64()),
+        format!("{:.2} s", tagging.cpu.as_secs_f64()),
+    );
+    row(
+        &format!("PASS targets (expected {})", e.passing),
+        kms.passing.to_string(),
+        tagging.passing.to_string(),
+    );
+    kms.passing == e.passing && tagging.passing == e.passing
+}
+
+fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "cloudsploit-comparison",
+            accounts: None,
+            keys_per_region: vec![117, 117, 117, 0],
+        },
+        Scenario {
+            name: "20x4x100",
+            accounts: Some(20),
+            keys_per_region: vec![100; 4],
+        },
+        Scenario {
+            name: "100x3x50",
+            accounts: Some(100),
+            keys_per_region: vec![50; 3],
+        },
+    ]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let (scenarios, ceiling_time) = if full_run() {
+        let only = flag("scenario");
+        let chosen: Vec<Scenario> = scenarios()
+            .into_iter()
+            .filter(|s| only.as_deref().is_none_or(|o| o == s.name))
+            .collect();
+        (chosen, Duration::from_secs(10))
+    } else {
+        let smoke = Scenario {
+            name: "smoke (cargo test)",
+            accounts: Some(2),
+            keys_per_region: vec![12, 0],
+        };
+        (vec![smoke], Duration::from_secs(1))
+    };
+    println!("# Scan round benchmark\n\n{}", machine());
+    let mut all_right = true;
+    for scenario in &scenarios {
+        all_right &= run_scenario(scenario, ceiling_time).await;
+    }
+    assert!(
+        all_right,
+        "a mode's verdicts differ from the seeded inventory"
+    );
+}
