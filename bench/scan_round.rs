@@ -138,12 +138,16 @@ fn expected(scenario: &Scenario) -> Expected {
     e
 }
 
+/// An enabled App-Tier key, for the ceiling loop.
+struct SampleKey {
+    account: Option<String>,
+    region: &'static str,
+    key_id: String,
+}
+
 /// Creates the keys; returns the number of AWS calls it made and one tagged key to use for
 /// the ceiling loop.
-async fn seed(
-    moto: &Moto,
-    scenario: &Scenario,
-) -> (usize, Option<(Option<String>, &'static str, String)>) {
+async fn seed(moto: &Moto, scenario: &Scenario) -> (usize, Option<SampleKey>) {
     let seeder = Seeder::new(moto.endpoint());
     let mut jobs = Vec::new();
     for (account, region, keys, target) in scenario.targets() {
@@ -157,32 +161,34 @@ async fn seed(
             ));
         }
     }
-    let made: Vec<(usize, Option<(Option<String>, &'static str, String)>)> =
-        futures::stream::iter(jobs)
-            .map(|(client, account, region, seed)| async move {
-                let (tags, state): (&[(&str, &str)], State) = match seed {
-                    Seed::Tagged(state) => (&[("app_tier", "web")], state),
-                    Seed::Untagged(state) => (&[("team", "payments")], state),
-                };
-                let id = create_key(&client, tags).await;
-                let calls = match state {
-                    State::Enabled => 1,
-                    State::Disabled => {
-                        disable_key(&client, &id).await;
-                        2
-                    }
-                    State::PendingDeletion => {
-                        schedule_deletion(&client, &id, 7).await;
-                        2
-                    }
-                };
-                let sample =
-                    matches!(seed, Seed::Tagged(State::Enabled)).then(|| (account, region, id));
-                (calls, sample)
-            })
-            .buffer_unordered(SEED_CONCURRENCY)
-            .collect()
-            .await;
+    let made: Vec<(usize, Option<SampleKey>)> = futures::stream::iter(jobs)
+        .map(|(client, account, region, seed)| async move {
+            let (tags, state): (&[(&str, &str)], State) = match seed {
+                Seed::Tagged(state) => (&[("app_tier", "web")], state),
+                Seed::Untagged(state) => (&[("team", "payments")], state),
+            };
+            let id = create_key(&client, tags).await;
+            let calls = match state {
+                State::Enabled => 1,
+                State::Disabled => {
+                    disable_key(&client, &id).await;
+                    2
+                }
+                State::PendingDeletion => {
+                    schedule_deletion(&client, &id, 7).await;
+                    2
+                }
+            };
+            let sample = matches!(seed, Seed::Tagged(State::Enabled)).then(|| SampleKey {
+                account,
+                region,
+                key_id: id,
+            });
+            (calls, sample)
+        })
+        .buffer_unordered(SEED_CONCURRENCY)
+        .collect()
+        .await;
     let calls = made.iter().map(|(c, _)| c).sum();
     (calls, made.into_iter().find_map(|(_, s)| s))
 }
@@ -211,18 +217,14 @@ async fn warm_up_tagging_api(moto: &Moto) {
 }
 
 /// moto's ceiling: ListResourceTags on one key, `CONCURRENCY` in flight, for `duration`.
-async fn ceiling(
-    moto: &Moto,
-    key: &(Option<String>, &'static str, String),
-    duration: Duration,
-) -> f64 {
+async fn ceiling(moto: &Moto, key: &SampleKey, duration: Duration) -> f64 {
     let client = Seeder::new(moto.endpoint())
-        .kms(key.0.as_deref(), key.1)
+        .kms(key.account.as_deref(), key.region)
         .await;
     let started = Instant::now();
     let workers = (0..CONCURRENCY).map(|_| {
         let client = client.clone();
-        let key_id = key.2.clone();
+        let key_id = key.key_id.clone();
         async move {
             let mut calls = 0u64;
             while started.elapsed() < duration {
