@@ -133,3 +133,63 @@ pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
 pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
+
+/// A moto server for the benchmarks, started through `bench/moto_server_fast_keys.py` (cheap
+/// CreateKey, see there); killed on drop.
+pub struct BenchMoto {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+impl BenchMoto {
+    pub async fn start() -> BenchMoto {
+        let launcher = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/bench/moto_server_fast_keys.py"
+        );
+        let port = crate::support::free_port();
+        let mut command = tokio::process::Command::new("python3");
+        command
+            .args([launcher, "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        for (key, _) in std::env::vars_os() {
+            let k = key.to_string_lossy();
+            if k.starts_with("MOTO_") || k.starts_with("AWS_") {
+                command.env_remove(&key);
+            }
+        }
+        let mut child = command.spawn().expect("start python3 (moto)");
+        let url = format!("http://127.0.0.1:{port}/moto-api/");
+        let client = crate::support::http_client();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = client.get(&url).send().await
+                && response.status().is_success()
+            {
+                return BenchMoto { child, port };
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("moto exited ({status}); is moto installed? pip install 'moto[server]'");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "moto did not answer {url} within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for BenchMoto {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}

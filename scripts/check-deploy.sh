@@ -380,6 +380,47 @@ check_kustomize_build() {
   kubernetes-validate --strict "${WORK}/rendered.yaml"
 }
 
+check_sharded_variant() {
+  local f
+  # The shared manifests are copies of the base's (kustomize cannot nest them).
+  for f in serviceaccount.yaml configmap.yaml servicemonitor.yaml prometheusrule.yaml; do
+    cmp "deploy/kubernetes/${f}" "deploy/kubernetes/sharded/${f}"
+  done
+  "${PY}" - <<'PYEOF'
+import os, sys, yaml
+base = "deploy/kubernetes/sharded"
+k = yaml.safe_load(open(os.path.join(base, "kustomization.yaml"), encoding="utf-8"))
+errors = []
+for f in k.get("resources", []):
+    if not os.path.exists(os.path.join(base, f)):
+        errors.append(f"kustomization.yaml lists {f}, which does not exist")
+sts = yaml.safe_load(open(os.path.join(base, "statefulset.yaml"), encoding="utf-8"))
+svc = yaml.safe_load(open(os.path.join(base, "service.yaml"), encoding="utf-8"))
+args = sts["spec"]["template"]["spec"]["containers"][0]["args"]
+if "--shard-from-hostname" not in args:
+    errors.append("the StatefulSet must derive the shard from the pod name (--shard-from-hostname)")
+try:
+    total = int(args[args.index("--total-shards") + 1])
+except (ValueError, IndexError):
+    total = None
+if total != sts["spec"].get("replicas"):
+    errors.append(f"--total-shards {total} != replicas {sts['spec'].get('replicas')}")
+if sts["spec"].get("serviceName") != svc["metadata"]["name"] or svc["spec"].get("clusterIP") != "None":
+    errors.append("serviceName must name the headless Service in service.yaml")
+for e in errors:
+    print(e)
+sys.exit(1 if errors else 0)
+PYEOF
+  if command -v kubectl >/dev/null 2>&1; then
+    kubectl kustomize deploy/kubernetes/sharded >"${WORK}/sharded.yaml"
+  else
+    cat deploy/kubernetes/sharded/statefulset.yaml >"${WORK}/sharded.yaml"
+    printf -- '---\n' >>"${WORK}/sharded.yaml"
+    cat deploy/kubernetes/sharded/service.yaml >>"${WORK}/sharded.yaml"
+  fi
+  kubernetes-validate --strict "${WORK}/sharded.yaml"
+}
+
 check_iam_json() {
   "${PY}" - <<'PYEOF'
 import json, sys, yaml
@@ -610,6 +651,7 @@ main() {
   run_check "kubernetes-validate (built-in kinds)" check_kubernetes_validate
   run_check "kubernetes structure (security, probes, selectors, CRDs)" check_kubernetes_structure
   run_check "kubectl kustomize deploy/kubernetes" check_kustomize_build
+  run_check "sharded StatefulSet variant (deploy/kubernetes/sharded)" check_sharded_variant
   run_check "IAM policies (JSON, actions, CloudFormation parity)" check_iam_json
   run_check "parliament IAM policy lint" check_parliament
   run_check "cfn-lint deploy/iam/member-role.cfn.yaml" check_cfn_lint
