@@ -1,27 +1,33 @@
 //! Wiring of the two modes: the long-running exporter and the one-shot `scan`.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::aws::AwsClients;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ListenAddress};
 use crate::evaluate::Matcher;
 use crate::metrics::Metrics;
+use crate::reload::{self, ReloadMetrics, ReloadRequest};
 use crate::report;
 use crate::scanner::Scanner;
-use crate::server::{self, AppState};
+use crate::server::{self, AppState, Limits};
 use crate::snapshot::{SharedSnapshot, Snapshot};
-use crate::targets;
+use crate::targets::{self, Plan};
+use crate::web_config::{Authenticator, WebConfigError, WebConfigWatcher};
 
 /// Why a mode could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
     Config(#[from] ConfigError),
+    #[error("{0}")]
+    WebConfig(#[from] WebConfigError),
     #[error(
         "cannot listen on {address}: {source}; is another process using the port? (listen_address)"
     )]
@@ -38,15 +44,43 @@ pub enum Output {
     Json,
 }
 
-async fn build_scanner(config: &Config, metrics: &Metrics) -> Result<Scanner, AppError> {
+/// How the exporter runs, beyond the configuration file.
+#[derive(Clone, Debug, Default)]
+pub struct ExporterOptions {
+    /// `--config`, re-read on every reload.
+    pub config_path: Option<PathBuf>,
+    /// `--web.listen-address`: beats the file's `listen_address`.
+    pub listen_address: Option<ListenAddress>,
+    /// `--web.config.file`: TLS, basic auth, response headers.
+    pub web_config_file: Option<PathBuf>,
+    /// `--web.enable-lifecycle`: serve `POST /-/reload`.
+    pub enable_lifecycle: bool,
+    pub limits: Limits,
+}
+
+impl ExporterOptions {
+    /// Loads the configuration file and applies the flags that override it.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut config = Config::load(self.config_path.as_deref())?;
+        if let Some(address) = self.listen_address {
+            config.listen_address = address;
+        }
+        Ok(config)
+    }
+}
+
+async fn load_clients(config: &Config, metrics: &Metrics) -> Arc<AwsClients> {
     let first_region = config.regions.first().or_else(|| {
         config
             .accounts
             .iter()
             .find_map(|a| a.regions.as_ref()?.first())
     });
-    let clients =
-        Arc::new(AwsClients::load(metrics.aws_requests_total.clone(), first_region).await);
+    Arc::new(AwsClients::load(metrics.aws_requests_total.clone(), first_region).await)
+}
+
+async fn build_scanner(config: &Config, metrics: &Metrics) -> Result<Scanner, AppError> {
+    let clients = load_clients(config, metrics).await;
     let plan = targets::plan(config, clients.default_region().as_deref())?;
     let snapshot = SharedSnapshot::new(Snapshot::new(&plan));
     Ok(Scanner::new(
@@ -58,10 +92,24 @@ async fn build_scanner(config: &Config, metrics: &Metrics) -> Result<Scanner, Ap
     ))
 }
 
-/// Runs the exporter until `shutdown` is cancelled.
-pub async fn run_exporter(config: Config, shutdown: CancellationToken) -> Result<(), AppError> {
+/// Runs the exporter until `shutdown` is cancelled. `reloads` carries reload requests (SIGHUP
+/// from `main`, `POST /-/reload` through `reload_sender` when the lifecycle API is enabled).
+pub async fn run_exporter(
+    config: Config,
+    options: ExporterOptions,
+    reload_sender: mpsc::Sender<ReloadRequest>,
+    mut reloads: mpsc::Receiver<ReloadRequest>,
+    shutdown: CancellationToken,
+) -> Result<(), AppError> {
+    let web = match &options.web_config_file {
+        Some(path) => Some(Arc::new(WebConfigWatcher::load(path)?)),
+        None => None,
+    };
     let metrics = Arc::new(Metrics::new());
-    let scanner = Arc::new(build_scanner(&config, &metrics).await?);
+    let reload_metrics = ReloadMetrics::register(&metrics);
+    let clients = load_clients(&config, &metrics).await;
+    let mut plan = targets::plan(&config, clients.default_region().as_deref())?;
+    let snapshot = SharedSnapshot::new(Snapshot::new(&plan));
     let address = config.listen_address.0;
     let listener = TcpListener::bind(address)
         .await
@@ -70,25 +118,122 @@ pub async fn run_exporter(config: Config, shutdown: CancellationToken) -> Result
     info!(
         address = %local,
         metrics_path = %config.metrics_path.0,
-        targets = scanner.snapshot().read().targets.len(),
+        targets = plan.targets.len(),
         interval = %humantime::format_duration(config.scan.interval.0),
+        tls = web.as_ref().is_some_and(|w| w.current().tls.is_some()),
+        lifecycle_api = options.enable_lifecycle,
         "exporter listening; first scan round starts now"
     );
     let state = Arc::new(AppState {
-        snapshot: scanner.snapshot().clone(),
+        snapshot: snapshot.clone(),
         metrics,
         metrics_path: config.metrics_path.0.clone(),
+        web: web.clone(),
+        auth: Authenticator::default(),
+        reload: options.enable_lifecycle.then(|| reload_sender.clone()),
     });
-    let scanning = {
-        let scanner = Arc::clone(&scanner);
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move { scanner.run(shutdown).await })
-    };
-    server::serve(listener, state, shutdown.clone()).await;
-    shutdown.cancel();
-    let _ = scanning.await;
+    let serving = tokio::spawn(server::serve(
+        listener,
+        state,
+        options.limits,
+        shutdown.clone(),
+    ));
+
+    let mut running = config;
+    loop {
+        let scanner = Arc::new(Scanner::new(
+            Arc::clone(&clients),
+            plan.clone(),
+            Matcher::from_config(&running.matching),
+            running.scan.clone(),
+            snapshot.clone(),
+        ));
+        let stop = shutdown.child_token();
+        let scanning = {
+            let stop = stop.clone();
+            tokio::spawn(async move { scanner.run(stop).await })
+        };
+        // Wait for shutdown or a reload whose configuration is valid; invalid ones leave the
+        // running scanner alone.
+        let next = loop {
+            let request = tokio::select! {
+                _ = shutdown.cancelled() => break None,
+                request = reloads.recv() => request,
+            };
+            let Some(request) = request else {
+                shutdown.cancelled().await;
+                break None;
+            };
+            if let Some(web) = &web {
+                // Errors are logged by the watcher; the running web config stays.
+                let _ = web.reload();
+            }
+            match prepare_reload(&options, &clients, &running) {
+                Ok((config, new_plan)) => break Some((config, new_plan, request.reply)),
+                Err(e) => {
+                    reload_metrics.failed();
+                    error!(error = %e, "configuration not reloaded; the previous one stays in force");
+                    reply(request.reply, Err(e.to_string()));
+                }
+            }
+        };
+        stop.cancel();
+        let _ = scanning.await;
+        let Some((config, new_plan, answer)) = next else {
+            break;
+        };
+        {
+            let mut current = snapshot.write();
+            let next_snapshot = reload::carry_over(&plan, &current, &new_plan);
+            *current = next_snapshot;
+        }
+        info!(
+            targets = new_plan.targets.len(),
+            interval = %humantime::format_duration(config.scan.interval.0),
+            "configuration reloaded; a scan round starts now"
+        );
+        plan = new_plan;
+        running = config;
+        reload_metrics.succeeded();
+        reply(answer, Ok(()));
+    }
+    let _ = serving.await;
     info!("exporter stopped");
     Ok(())
+}
+
+/// Loads and checks the configuration for a reload. Settings that need a restart (the listen
+/// address, the metrics path) keep their running values, with a warning.
+fn prepare_reload(
+    options: &ExporterOptions,
+    clients: &AwsClients,
+    running: &Config,
+) -> Result<(Config, Plan), ConfigError> {
+    let mut config = options.load_config()?;
+    let plan = targets::plan(&config, clients.default_region().as_deref())?;
+    if config.listen_address != running.listen_address {
+        warn!(
+            running = %running.listen_address.0,
+            configured = %config.listen_address.0,
+            "listen_address changed; restart the exporter to apply it"
+        );
+        config.listen_address = running.listen_address;
+    }
+    if config.metrics_path != running.metrics_path {
+        warn!(
+            running = %running.metrics_path.0,
+            configured = %config.metrics_path.0,
+            "metrics_path changed; restart the exporter to apply it"
+        );
+        config.metrics_path = running.metrics_path.clone();
+    }
+    Ok((config, plan))
+}
+
+fn reply(to: Option<oneshot::Sender<Result<(), String>>>, outcome: Result<(), String>) {
+    if let Some(to) = to {
+        let _ = to.send(outcome);
+    }
 }
 
 /// Scans every target once, prints the report and returns the exit code.

@@ -120,16 +120,19 @@ impl AwsClients {
     }
 
     /// Access to one account: AssumeRole when `role` is set, else the default credentials.
+    /// `session_duration` is asked for AssumeRole sessions (None: AWS's default).
     pub fn account_access(
         &self,
         label: String,
         role: Option<(&RoleArn, Option<&str>)>,
+        session_duration: Option<Duration>,
     ) -> Arc<AccountAccess> {
         let source = match role {
             Some((arn, external_id)) => CredentialSource::AssumeRole {
                 sts: self.sts.clone(),
                 role_arn: arn.as_str().to_owned(),
                 external_id: external_id.map(str::to_owned),
+                session_duration,
             },
             None => CredentialSource::Default(self.base.credentials_provider()),
         };
@@ -166,6 +169,7 @@ enum CredentialSource {
         sts: aws_sdk_sts::Client,
         role_arn: String,
         external_id: Option<String>,
+        session_duration: Option<Duration>,
     },
 }
 
@@ -213,7 +217,8 @@ impl AccountAccess {
                 sts,
                 role_arn,
                 external_id,
-            } => assume_role(sts, role_arn, external_id.as_deref()).await?,
+                session_duration,
+            } => assume_role(sts, role_arn, external_id.as_deref(), *session_duration).await?,
         };
         *cached = Some((fresh.clone(), issued));
         Ok(fresh)
@@ -241,12 +246,14 @@ async fn assume_role(
     sts: &aws_sdk_sts::Client,
     role_arn: &str,
     external_id: Option<&str>,
+    session_duration: Option<Duration>,
 ) -> Result<Credentials, AwsError> {
     let out = sts
         .assume_role()
         .role_arn(role_arn)
         .role_session_name(SESSION_NAME)
         .set_external_id(external_id.map(str::to_owned))
+        .set_duration_seconds(session_duration.and_then(|d| i32::try_from(d.as_secs()).ok()))
         .send()
         .await
         .map_err(|e| {

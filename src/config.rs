@@ -100,6 +100,8 @@ pub struct AccountConfig {
     /// Role to assume; absent: the default credentials.
     pub role_arn: Option<RoleArn>,
     pub external_id: Option<String>,
+    /// Lifetime asked for the assumed role's session (AWS: 15m to 12h); absent: AWS's 1h.
+    pub session_duration: Option<SessionDuration>,
     /// Absent: the top-level `regions`.
     pub regions: Option<Vec<Region>>,
 }
@@ -132,7 +134,7 @@ pub struct MetricsPath(pub String);
 impl TryFrom<String> for MetricsPath {
     type Error = String;
     fn try_from(value: String) -> Result<Self, String> {
-        let reserved = ["/", "/healthz", "/readyz"];
+        let reserved = ["/", "/healthz", "/readyz", "/-/reload"];
         if !value.starts_with('/') || value.contains(['?', '#', ' ']) {
             Err(format!(
                 "{value:?} is not an HTTP path; write e.g. \"/metrics\""
@@ -173,6 +175,34 @@ impl TryFrom<String> for PositiveDuration {
 
 impl From<PositiveDuration> for String {
     fn from(value: PositiveDuration) -> String {
+        humantime::format_duration(value.0).to_string()
+    }
+}
+
+/// An AssumeRole session duration within AWS's bounds, 15 minutes to 12 hours.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionDuration(pub Duration);
+
+impl TryFrom<String> for SessionDuration {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        match humantime::parse_duration(value.trim()) {
+            Ok(d) if (Duration::from_secs(900)..=Duration::from_secs(43_200)).contains(&d) => {
+                Ok(SessionDuration(d))
+            }
+            Ok(_) => Err(format!(
+                "{value:?} is outside AWS's AssumeRole bounds; use \"15m\" to \"12h\" (the role's maximum session duration applies too)"
+            )),
+            Err(e) => Err(format!(
+                "{value:?} is not a duration ({e}); write e.g. \"1h\""
+            )),
+        }
+    }
+}
+
+impl From<SessionDuration> for String {
+    fn from(value: SessionDuration) -> String {
         humantime::format_duration(value.0).to_string()
     }
 }
@@ -455,6 +485,12 @@ impl Config {
             }
             if account.role_arn.is_none() {
                 default_credentials += 1;
+                if account.session_duration.is_some() {
+                    return Err(ConfigError(format!(
+                        "{}: key `accounts[{i}].session_duration`: set without role_arn; it applies to AssumeRole sessions only",
+                        source("accounts")
+                    )));
+                }
                 if account.external_id.is_some() {
                     return Err(ConfigError(format!(
                         "{}: key `accounts[{i}].external_id`: set without role_arn; the external ID is only sent with AssumeRole",
@@ -741,6 +777,27 @@ regions = ["us-west-2"]
             );
             Ok(())
         });
+    }
+
+    #[test]
+    fn session_duration_must_be_within_aws_bounds() {
+        let arn = "role_arn = \"arn:aws:iam::111111111111:role/r\"";
+        let config = load_str(&format!(
+            "[[accounts]]\n{arn}\nsession_duration = \"15m\"\n"
+        ))
+        .expect("15m is AWS's minimum");
+        assert_eq!(
+            config.accounts[0].session_duration,
+            Some(SessionDuration(Duration::from_secs(900)))
+        );
+        for bad in ["14m", "13h", "soon"] {
+            let e = error_of(&format!(
+                "[[accounts]]\n{arn}\nsession_duration = \"{bad}\"\n"
+            ));
+            assert!(e.contains("session_duration") && e.contains(bad), "{e}");
+        }
+        let e = error_of("[[accounts]]\nsession_duration = \"1h\"\n");
+        assert!(e.contains("without role_arn"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Data flows one way: [`config`] -> [`targets`] (account x region) -> [`scanner`] (with
 //! [`aws`] and [`inventory`]) -> [`evaluate`] (pure) -> [`snapshot`] -> [`metrics`] ->
-//! [`server`]. [`report`] renders the one-shot `scan` mode; [`app`] wires both modes.
+//! [`server`] (behind [`web_config`] and [`tls`]). [`report`] renders the one-shot `scan`
+//! mode; [`app`] wires both modes and [`reload`]s the configuration.
 
 pub mod app;
 pub mod aws;
@@ -12,8 +13,11 @@ pub mod error;
 pub mod evaluate;
 pub mod inventory;
 pub mod metrics;
+pub mod reload;
 pub mod report;
 pub mod scanner;
 pub mod server;
 pub mod snapshot;
 pub mod targets;
+pub mod tls;
+pub mod web_config;

@@ -3,9 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use app_tier_cmk_exporter::app::{self, AppError, Output};
+use std::time::Duration;
+
+use app_tier_cmk_exporter::app::{self, AppError, ExporterOptions, Output};
 use app_tier_cmk_exporter::config::{Config, ListenAddress};
+use app_tier_cmk_exporter::reload::ReloadRequest;
+use app_tier_cmk_exporter::server::Limits;
 use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -27,6 +32,22 @@ struct Cli {
     /// Address to listen on; overrides `listen_address`.
     #[arg(long = "web.listen-address", value_name = "HOST:PORT")]
     listen_address: Option<String>,
+
+    /// exporter-toolkit web configuration (YAML): TLS, basic auth, response headers.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+
+    /// Serve POST /-/reload (reloads the configuration, as SIGHUP does).
+    #[arg(long = "web.enable-lifecycle")]
+    enable_lifecycle: bool,
+
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long = "web.max-connections", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_connections: u32,
+
+    /// Time a client gets for its TLS handshake, then for its request headers.
+    #[arg(long = "web.read-header-timeout", default_value = "10s", value_parser = parse_timeout)]
+    read_header_timeout: Duration,
 
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long = "log.level", global = true, default_value = "info")]
@@ -74,6 +95,13 @@ fn main() -> ExitCode {
         eprintln!("error: {message}");
         return ExitCode::from(EXIT_USAGE);
     }
+    if let Some(path) = &cli.web_config_file
+        && cli.command.is_none()
+        && let Err(e) = app_tier_cmk_exporter::web_config::WebSecurity::load(path)
+    {
+        eprintln!("error: flag --web.config.file: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -81,9 +109,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let mut listen_override = None;
     if let Some(address) = cli.listen_address.clone() {
         match ListenAddress::try_from(address) {
-            Ok(address) => config.listen_address = address,
+            Ok(address) => {
+                config.listen_address = address;
+                listen_override = Some(address);
+            }
             Err(e) => {
                 eprintln!("error: flag --web.listen-address: {e}");
                 return ExitCode::from(EXIT_USAGE);
@@ -112,13 +144,27 @@ fn main() -> ExitCode {
             None => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
-                app::run_exporter(config, shutdown).await.map(|()| 0)
+                let (reload_sender, reloads) = mpsc::channel(4);
+                tokio::spawn(reload_on_sighup(reload_sender.clone()));
+                let options = ExporterOptions {
+                    config_path: cli.config.clone(),
+                    listen_address: listen_override,
+                    web_config_file: cli.web_config_file.clone(),
+                    enable_lifecycle: cli.enable_lifecycle,
+                    limits: Limits {
+                        max_connections: cli.max_connections as usize,
+                        read_header_timeout: cli.read_header_timeout,
+                    },
+                };
+                app::run_exporter(config, options, reload_sender, reloads, shutdown)
+                    .await
+                    .map(|()| 0)
             }
         }
     });
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_RUNTIME)),
-        Err(e @ AppError::Config(_)) => {
+        Err(e @ (AppError::Config(_) | AppError::WebConfig(_))) => {
             eprintln!("error: invalid configuration\n{e}");
             ExitCode::from(EXIT_USAGE)
         }
@@ -153,6 +199,35 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     Ok(())
+}
+
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if d >= Duration::from_millis(100) => Ok(d),
+        Ok(_) => Err("too short; use at least 100ms".to_owned()),
+        Err(e) => Err(format!("{e}; write e.g. \"10s\"")),
+    }
+}
+
+/// Each SIGHUP asks for a reload of the configuration and the web configuration files.
+async fn reload_on_sighup(reloads: mpsc::Sender<ReloadRequest>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received, reloading the configuration");
+            if reloads.send(ReloadRequest { reply: None }).await.is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloads;
+    }
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

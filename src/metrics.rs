@@ -62,6 +62,13 @@ impl Metrics {
         }
     }
 
+    /// Adds a live collector (e.g. the reload gauges) to the registry.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        // Only static, distinct names are registered; a clash would be a programming error
+        // that the unit tests catch through the rendered output.
+        let _ = self.registry.register(collector);
+    }
+
     /// The full `/metrics` body in the Prometheus text format.
     pub fn render(&self, snapshot: &SharedSnapshot) -> Vec<u8> {
         let snapshot_text = self.snapshot_text(snapshot);

@@ -49,6 +49,7 @@ impl Scanner {
                     a.role_arn
                         .as_ref()
                         .map(|arn| (arn, a.external_id.as_deref())),
+                    a.session_duration,
                 )
             })
             .collect();

@@ -10,6 +10,8 @@ pub struct AccountSpec {
     pub known_id: Option<AccountId>,
     pub role_arn: Option<RoleArn>,
     pub external_id: Option<String>,
+    /// Asked for AssumeRole sessions; None: AWS's default (1 hour).
+    pub session_duration: Option<std::time::Duration>,
     pub regions: Vec<Region>,
 }
 
@@ -83,6 +85,7 @@ pub fn plan(config: &Config, default_region: Option<&str>) -> Result<Plan, Confi
             known_id,
             role_arn: account.role_arn,
             external_id: account.external_id,
+            session_duration: account.session_duration.map(|d| d.0),
             regions,
         });
     }
