@@ -15,6 +15,9 @@
 //!   [`run_scan`] for the one-shot `scan` mode.
 //! * [`parse_metrics`], [`sample_value`], [`promtool_check_metrics`]: assertions
 //!   on the Prometheus text format.
+//! * [`fault_proxy`]: a loopback proxy between the exporter and moto that throttles,
+//!   fails, stalls, pages and refuses AssumeRole on demand (see its module docs).
+//! * [`web`]: test certificates (rcgen), a rustls client and raw HTTP exchanges.
 //!
 //! Nothing here talks to any address other than 127.0.0.1.
 //!
@@ -66,6 +69,9 @@
 //! * DisableKey gives `KeyState: Disabled`, `Enabled: false`.
 
 #![allow(dead_code)]
+
+pub mod fault_proxy;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -1253,4 +1259,12 @@ pub fn promtool_check_metrics(text: &str) -> (bool, String) {
     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
     output.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), output)
+}
+
+/// Sum of the samples named `name` whose labels include the given pairs (0 when none).
+pub fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    matching_samples(text, name, labels)
+        .iter()
+        .map(|s| s.value)
+        .sum()
 }
