@@ -69,8 +69,9 @@ struct FileTls {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileHttp {
-    /// Accepted for compatibility; this server speaks HTTP/1.1 only.
-    http2: Option<bool>,
+    /// `http2`: accepted for compatibility and ignored; this server speaks HTTP/1.1 only.
+    #[serde(rename = "http2")]
+    _http2: Option<bool>,
     headers: Option<BTreeMap<String, String>>,
 }
 
@@ -130,10 +131,12 @@ impl WebSecurity {
             }
             users.insert(user, hash);
         }
-        let http = file.http_server_config.unwrap_or_default();
-        let _ = http.http2;
+        let FileHttp {
+            headers: configured,
+            ..
+        } = file.http_server_config.unwrap_or_default();
         let mut headers = Vec::new();
-        for (name, value) in http.headers.unwrap_or_default() {
+        for (name, value) in configured.unwrap_or_default() {
             let Some((canonical, allowed)) = EXTRA_HEADERS
                 .iter()
                 .find(|(n, _)| n.eq_ignore_ascii_case(&name))
@@ -222,15 +225,12 @@ fn read_tls_material(t: FileTls, dir: &Path) -> Result<TlsMaterial, String> {
 }
 
 /// Size and modification time of a file (None when it cannot be read).
-type Stamp = (PathBuf, Option<(SystemTime, u64)>);
+type Stamp = Option<(SystemTime, u64)>;
 
-fn stamps(path: &Path) -> Vec<Stamp> {
-    let stamp = |p: &Path| {
-        let meta = std::fs::metadata(p).ok()?;
-        Some((meta.modified().ok()?, meta.len()))
-    };
+/// The config file and the files it names (certificate rotation changes those alone); a loose
+/// parse finds them, so that a file that does not load yet is still watched.
+fn watched_files(path: &Path) -> Vec<PathBuf> {
     let mut files = vec![path.to_owned()];
-    // The files the config names change too (certificate rotation); a loose parse finds them.
     if let Ok(text) = std::fs::read_to_string(path)
         && let Ok(file) = serde_norway::from_str::<FileConfig>(&text)
         && let Some(t) = file.tls_server_config
@@ -244,16 +244,21 @@ fn stamps(path: &Path) -> Vec<Stamp> {
         );
     }
     files
-        .into_iter()
+}
+
+fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
+    files
+        .iter()
         .map(|f| {
-            let s = stamp(&f);
-            (f, s)
+            let meta = std::fs::metadata(f).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
         })
         .collect()
 }
 
 struct Watched {
     current: Arc<WebSecurity>,
+    files: Vec<PathBuf>,
     stamps: Vec<Stamp>,
 }
 
@@ -266,20 +271,24 @@ pub struct WebConfigWatcher {
 impl WebConfigWatcher {
     /// Loads the file; an error here stops the exporter from starting.
     pub fn load(path: &Path) -> Result<WebConfigWatcher, WebConfigError> {
-        let stamps = stamps(path);
+        let files = watched_files(path);
+        let stamps = stamps(&files);
         let current = Arc::new(WebSecurity::load(path)?);
         Ok(WebConfigWatcher {
             path: path.to_owned(),
-            state: Mutex::new(Watched { current, stamps }),
+            state: Mutex::new(Watched {
+                current,
+                files,
+                stamps,
+            }),
         })
     }
 
-    /// The configuration to apply now; re-reads the files when they changed.
+    /// The configuration to apply now; re-reads the files when one of them changed (a few
+    /// `stat` calls per connection and request otherwise).
     pub fn current(&self) -> Arc<WebSecurity> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = stamps(&self.path);
-        if now != state.stamps {
-            state.stamps = now;
+        if stamps(&state.files) != state.stamps {
             let _ = self.apply(&mut state);
         }
         Arc::clone(&state.current)
@@ -288,11 +297,13 @@ impl WebConfigWatcher {
     /// Re-reads the files now (SIGHUP). Errors are logged and returned; the old one stays.
     pub fn reload(&self) -> Result<(), WebConfigError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.stamps = stamps(&self.path);
         self.apply(&mut state)
     }
 
     fn apply(&self, state: &mut Watched) -> Result<(), WebConfigError> {
+        // Remember what was seen, good or bad: a broken file is reported once, not per request.
+        state.files = watched_files(&self.path);
+        state.stamps = stamps(&state.files);
         let result = WebSecurity::load(&self.path).and_then(|new| {
             if new.tls.is_some() != state.current.tls.is_some() {
                 Err(WebConfigError {

@@ -68,9 +68,8 @@ async fn no_secret_reaches_logs_or_metrics_at_debug_level() {
 
     let client = http_client();
     let url = format!("{}/metrics", exporter.base_url());
-    let mut body = String::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
-    loop {
+    let body = loop {
         let wrong = client
             .get(&url)
             .header("Authorization", basic_auth("prometheus", WRONG_PASSWORD))
@@ -85,7 +84,7 @@ async fn no_secret_reaches_logs_or_metrics_at_debug_level() {
             .await
             .expect("scrape");
         assert_eq!(right.status().as_u16(), 200);
-        body = right.text().await.expect("body");
+        let body = right.text().await.expect("body");
         let refreshed = proxy.stats().requests("AssumeRole") >= 3;
         let scanned = sample_value(
             &body,
@@ -93,7 +92,7 @@ async fn no_secret_reaches_logs_or_metrics_at_debug_level() {
             &[("account", "111111111111"), ("region", "us-east-1")],
         ) == Some(1.0);
         if refreshed && scanned {
-            break;
+            break body;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -101,7 +100,7 @@ async fn no_secret_reaches_logs_or_metrics_at_debug_level() {
             exporter.logs()
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    };
 
     let logs = exporter.logs();
     assert!(
