@@ -554,6 +554,19 @@ mod tests {
     }
 
     #[test]
+    fn example_web_config_file_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/web-config.example.yml");
+        let security = WebSecurity::load(&path).expect("the example loads");
+        assert!(security.tls.is_none());
+        let hash = &security.users["prometheus"];
+        assert!(
+            bcrypt::verify("change-me", hash).unwrap_or(false),
+            "the comment names the password"
+        );
+        assert_eq!(security.headers.len(), 3);
+    }
+
+    #[test]
     fn cache_keys_do_not_collide_on_shifted_separators() {
         assert_ne!(cache_key("a:b", "h", "c"), cache_key("a", "h", "b:c"));
     }
