@@ -95,13 +95,6 @@ fn main() -> ExitCode {
         eprintln!("error: {message}");
         return ExitCode::from(EXIT_USAGE);
     }
-    if let Some(path) = &cli.web_config_file
-        && cli.command.is_none()
-        && let Err(e) = app_tier_cmk_exporter::web_config::WebSecurity::load(path)
-    {
-        eprintln!("error: flag --web.config.file: {e}");
-        return ExitCode::from(EXIT_USAGE);
-    }
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
