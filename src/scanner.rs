@@ -3,10 +3,11 @@
 //! Rounds never overlap; a failure in one target never stops the others.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -25,6 +26,8 @@ pub struct Scanner {
     clients: Arc<AwsClients>,
     accounts: Vec<AccountSpec>,
     access: Vec<Arc<AccountAccess>>,
+    /// The default credentials' account ID was confirmed with GetCallerIdentity.
+    identity_checked: Vec<AtomicBool>,
     targets: Vec<Target>,
     matcher: Matcher,
     permits: Semaphore,
@@ -54,6 +57,11 @@ impl Scanner {
             })
             .collect();
         Scanner {
+            identity_checked: plan
+                .accounts
+                .iter()
+                .map(|_| AtomicBool::new(false))
+                .collect(),
             clients,
             accounts: plan.accounts,
             access,
@@ -70,17 +78,24 @@ impl Scanner {
     }
 
     /// Scans every target once. Returns when all are recorded in the snapshot.
+    ///
+    /// An account is prepared (ID, credentials) by its first target, once per round and
+    /// within `scan.timeout`; its other targets wait for that, and other accounts go on.
     pub async fn run_round(&self) {
         let started = Instant::now();
         let concurrency = self.settings.concurrency.0;
-        let ready: Vec<Result<(), AwsError>> = futures::stream::iter(0..self.accounts.len())
-            .map(|i| self.prepare_account(i))
-            .buffered(concurrency)
-            .collect()
-            .await;
+        let prepared: Vec<OnceCell<Result<(), AwsError>>> =
+            self.accounts.iter().map(|_| OnceCell::new()).collect();
         futures::stream::iter(self.targets.iter().enumerate())
             .for_each_concurrent(concurrency, |(i, target)| {
-                self.scan_target(i, target, &ready[target.account])
+                let prepared = &prepared[target.account];
+                async move {
+                    let started = Instant::now();
+                    let ready = prepared
+                        .get_or_init(|| self.prepare_account_in_time(target.account))
+                        .await;
+                    self.scan_target(i, target, ready, started).await
+                }
             })
             .await;
         let snapshot = self.snapshot.read();
@@ -115,19 +130,62 @@ impl Scanner {
         }
     }
 
-    /// Learns the account ID (when unknown) and gets its credentials.
+    async fn prepare_account_in_time(&self, index: usize) -> Result<(), AwsError> {
+        let timeout = self.settings.timeout.0;
+        match tokio::time::timeout(timeout, self.prepare_account(index)).await {
+            Ok(result) => result,
+            Err(_) => {
+                let e = AwsError::new(
+                    "PrepareAccount",
+                    ErrorKind::Timeout,
+                    format!(
+                        "learning the account ID or getting credentials took longer than scan.timeout ({})",
+                        humantime::format_duration(timeout)
+                    ),
+                );
+                warn!(
+                    account = self.accounts[index].label(),
+                    operation = e.operation,
+                    error = %e.kind,
+                    detail = %e.message,
+                    hint = e.kind.hint(),
+                    "cannot prepare the account; its targets are not scanned this round"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Learns (or, for the default credentials, checks) the account ID and gets credentials.
     async fn prepare_account(&self, index: usize) -> Result<(), AwsError> {
         let spec = &self.accounts[index];
-        let known = self.snapshot.read().accounts[index].id.is_some();
-        if !known {
+        let needs_identity =
+            spec.role_arn.is_none() && !self.identity_checked[index].load(Ordering::Relaxed);
+        if needs_identity {
             match self.clients.default_account_id().await {
-                Ok(id) => self.snapshot.write().set_account_id(index, id),
+                Ok(id) => {
+                    if let Some(configured) = &spec.known_id
+                        && configured != &id
+                    {
+                        let e = AwsError::new(
+                            "GetCallerIdentity",
+                            ErrorKind::Other,
+                            format!(
+                                "the default credentials belong to account {id}, but the configuration says account_id = {configured}; fix account_id or the credentials"
+                            ),
+                        );
+                        warn!(account = spec.label(), detail = %e.message, "account ID mismatch; its targets are not scanned");
+                        return Err(e);
+                    }
+                    self.identity_checked[index].store(true, Ordering::Relaxed);
+                    self.snapshot.write().set_account_id(index, id);
+                }
                 Err(e) => {
                     warn!(
                         account = spec.label(),
                         operation = e.operation,
                         error = %e.kind,
-                        message = %e.message,
+                        detail = %e.message,
                         hint = e.kind.hint(),
                         "cannot learn the account ID; its targets are exported with account=\"unknown\""
                     );
@@ -144,7 +202,7 @@ impl Scanner {
                     role_arn = spec.role_arn.as_ref().map(|r| r.as_str()),
                     operation = e.operation,
                     error = %e.kind,
-                    message = %e.message,
+                    detail = %e.message,
                     hint = ErrorKind::AssumeRole.hint(),
                     "cannot get credentials for the account; its targets are not scanned this round"
                 );
@@ -153,12 +211,21 @@ impl Scanner {
         }
     }
 
-    async fn scan_target(&self, index: usize, target: &Target, ready: &Result<(), AwsError>) {
+    /// Scans one target; `started` is when it began waiting for its account's preparation.
+    async fn scan_target(
+        &self,
+        index: usize,
+        target: &Target,
+        ready: &Result<(), AwsError>,
+        started: Instant,
+    ) {
         if let Err(e) = ready {
-            self.snapshot.write().record_failure(index, e.clone(), 0.0);
+            let duration = started.elapsed().as_secs_f64();
+            self.snapshot
+                .write()
+                .record_failure(index, e.clone(), duration);
             return;
         }
-        let started = Instant::now();
         let access = &self.access[target.account];
         let kms = self.clients.kms(&target.region);
         let fanout = self.settings.concurrency.0.min(MAX_FANOUT);
@@ -190,13 +257,13 @@ impl Scanner {
                         region,
                         operation = e.operation,
                         error = %e.kind,
-                        message = %e.message,
+                        detail = %e.message,
                         hint = e.kind.hint(),
                         "a key could not be fully read"
                     );
                 }
                 let verdict = evaluate(&inventory.keys, &self.matcher);
-                tracing::debug!(account, region, verdict = verdict.status.as_str(), message = %verdict.message, "target scanned");
+                tracing::debug!(account, region, verdict = verdict.status.as_str(), detail = %verdict.message, "target scanned");
                 self.snapshot.write().record_success(
                     index,
                     verdict,
@@ -211,7 +278,7 @@ impl Scanner {
                     region,
                     operation = e.operation,
                     error = %e.kind,
-                    message = %e.message,
+                    detail = %e.message,
                     hint = e.kind.hint(),
                     "scan failed; keeping the last known values"
                 );
