@@ -1,19 +1,26 @@
 //! app-tier-cmk-exporter: watches AWS accounts and regions for the App-Tier KMS customer
 //! master key and serves what it finds to Prometheus.
 //!
-//! Data flows one way: [`config`] -> [`targets`] (account x region) -> [`scanner`] (with
-//! [`aws`] and [`inventory`]) -> [`evaluate`] (pure) -> [`snapshot`] -> [`metrics`] ->
-//! [`server`]. [`report`] renders the one-shot `scan` mode; [`app`] wires both modes.
+//! Data flows one way: [`config`] -> [`targets`] (account x region, completed each round by
+//! [`discovery`] from [`organization`] and [`regions`]) -> [`scanner`] (with [`aws`],
+//! [`inventory`] and [`tag_usage`]) -> [`evaluate`] (pure) -> [`snapshot`] -> [`metrics`] ->
+//! [`server`]. [`report`] and [`cloudsploit`] render the one-shot `scan` mode; [`app`] wires
+//! both modes.
 
 pub mod app;
 pub mod aws;
+pub mod cloudsploit;
 pub mod config;
+pub mod discovery;
 pub mod error;
 pub mod evaluate;
 pub mod inventory;
 pub mod metrics;
+pub mod organization;
+pub mod regions;
 pub mod report;
 pub mod scanner;
 pub mod server;
 pub mod snapshot;
+pub mod tag_usage;
 pub mod targets;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use app_tier_cmk_exporter::app::{self, AppError, Output};
+use app_tier_cmk_exporter::app::{self, AppError, ExitCodeStyle, Output};
 use app_tier_cmk_exporter::config::{Config, ListenAddress};
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
@@ -46,6 +46,9 @@ enum Command {
     Scan {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+        /// CloudSploit's exit code instead: the worst result, 0 OK, 2 FAIL, 3 UNKNOWN.
+        #[arg(long = "exit-code")]
+        exit_code: bool,
     },
 }
 
@@ -59,6 +62,11 @@ enum LogFormat {
 enum OutputFormat {
     Table,
     Json,
+    /// CloudSploit's JSON results.
+    #[value(name = "cloudsploit-json")]
+    CloudsploitJson,
+    /// CloudSploit's CSV results.
+    Csv,
 }
 
 fn main() -> ExitCode {
@@ -102,12 +110,19 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Some(Command::Scan { output }) => {
+            Some(Command::Scan { output, exit_code }) => {
                 let output = match output {
                     OutputFormat::Table => Output::Table,
                     OutputFormat::Json => Output::Json,
+                    OutputFormat::CloudsploitJson => Output::CloudSploitJson,
+                    OutputFormat::Csv => Output::Csv,
                 };
-                app::run_scan(config, output).await
+                let exit = if exit_code {
+                    ExitCodeStyle::CloudSploit
+                } else {
+                    ExitCodeStyle::Verdict
+                };
+                app::run_scan(config, output, exit).await
             }
             None => {
                 let shutdown = CancellationToken::new();

@@ -1,6 +1,6 @@
-//! Scan rounds: resolve each account (ID, credentials), then scan every target with a time
-//! bound and a global bound on AWS calls in flight, and write each result to the snapshot.
-//! Rounds never overlap; a failure in one target never stops the others.
+//! Scan rounds: plan the round (discovery), resolve each account (ID, credentials), then scan
+//! every target with a time bound and a global bound on AWS calls in flight, and write each
+//! result to the snapshot. Rounds never overlap; a failure in one target never stops the others.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -10,22 +10,22 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::aws::{AccountAccess, AwsClients};
+use crate::aws::AwsClients;
 use crate::config::ScanConfig;
+use crate::discovery::{Discovery, Fleet};
 use crate::error::{AwsError, ErrorKind};
-use crate::evaluate::{Matcher, evaluate};
+use crate::evaluate::{Matcher, apply_requirement, evaluate};
 use crate::inventory;
 use crate::snapshot::SharedSnapshot;
-use crate::targets::{AccountSpec, Plan, Target};
+use crate::tag_usage;
+use crate::targets::Target;
 
 /// Per-key calls of one target waiting for a permit at once.
 const MAX_FANOUT: usize = 8;
 
 pub struct Scanner {
     clients: Arc<AwsClients>,
-    accounts: Vec<AccountSpec>,
-    access: Vec<Arc<AccountAccess>>,
-    targets: Vec<Target>,
+    discovery: tokio::sync::Mutex<Discovery>,
     matcher: Matcher,
     permits: Semaphore,
     settings: ScanConfig,
@@ -35,28 +35,17 @@ pub struct Scanner {
 impl Scanner {
     pub fn new(
         clients: Arc<AwsClients>,
-        plan: Plan,
+        discovery: Discovery,
         matcher: Matcher,
         settings: ScanConfig,
         snapshot: SharedSnapshot,
     ) -> Scanner {
-        let access = plan
-            .accounts
-            .iter()
-            .map(|a| {
-                clients.account_access(
-                    a.label(),
-                    a.role_arn
-                        .as_ref()
-                        .map(|arn| (arn, a.external_id.as_deref())),
-                )
-            })
-            .collect();
+        if discovery.pending() {
+            snapshot.write().pending_discovery = true;
+        }
         Scanner {
             clients,
-            accounts: plan.accounts,
-            access,
-            targets: plan.targets,
+            discovery: tokio::sync::Mutex::new(discovery),
             matcher,
             permits: Semaphore::new(settings.concurrency.0),
             settings,
@@ -72,14 +61,21 @@ impl Scanner {
     pub async fn run_round(&self) {
         let started = Instant::now();
         let concurrency = self.settings.concurrency.0;
-        let ready: Vec<Result<(), AwsError>> = futures::stream::iter(0..self.accounts.len())
-            .map(|i| self.prepare_account(i))
+        let fleet = self
+            .discovery
+            .lock()
+            .await
+            .plan_round(&self.clients, &self.snapshot, &self.permits, concurrency)
+            .await;
+        self.apply_plan(&fleet);
+        let ready: Vec<Result<(), AwsError>> = futures::stream::iter(0..fleet.plan.accounts.len())
+            .map(|i| self.prepare_account(&fleet, i))
             .buffered(concurrency)
             .collect()
             .await;
-        futures::stream::iter(self.targets.iter().enumerate())
+        futures::stream::iter(fleet.plan.targets.iter().enumerate())
             .for_each_concurrent(concurrency, |(i, target)| {
-                self.scan_target(i, target, &ready[target.account])
+                self.scan_target(&fleet, i, target, &ready[target.account])
             })
             .await;
         let snapshot = self.snapshot.read();
@@ -114,10 +110,45 @@ impl Scanner {
         }
     }
 
+    /// Lays the snapshot out for the round's plan, logging what changed.
+    fn apply_plan(&self, fleet: &Fleet) {
+        let mut snapshot = self.snapshot.write();
+        let before: Vec<String> = snapshot.accounts.iter().map(|a| a.key.clone()).collect();
+        let targets_before = snapshot.targets.len();
+        snapshot.apply_plan(&fleet.plan);
+        let added = fleet
+            .plan
+            .accounts
+            .iter()
+            .filter(|a| !before.contains(&a.key))
+            .count();
+        let removed = before
+            .iter()
+            .filter(|k| !fleet.plan.accounts.iter().any(|a| &a.key == *k))
+            .count();
+        if added > 0 || removed > 0 || targets_before != fleet.plan.targets.len() {
+            info!(
+                accounts = fleet.plan.accounts.len(),
+                targets = fleet.plan.targets.len(),
+                accounts_added = added,
+                accounts_removed = removed,
+                "scan plan changed"
+            );
+        }
+    }
+
     /// Learns the account ID (when unknown) and gets its credentials.
-    async fn prepare_account(&self, index: usize) -> Result<(), AwsError> {
-        let spec = &self.accounts[index];
-        let known = self.snapshot.read().accounts[index].id.is_some();
+    async fn prepare_account(&self, fleet: &Fleet, index: usize) -> Result<(), AwsError> {
+        if let Some(Some(e)) = fleet.blocked.get(index) {
+            return Err(e.clone());
+        }
+        let spec = &fleet.plan.accounts[index];
+        let known = self
+            .snapshot
+            .read()
+            .accounts
+            .get(index)
+            .is_some_and(|a| a.id.is_some());
         if !known {
             match self.clients.default_account_id().await {
                 Ok(id) => self.snapshot.write().set_account_id(index, id),
@@ -134,7 +165,7 @@ impl Scanner {
                 }
             }
         }
-        let access = &self.access[index];
+        let access = &fleet.access[index];
         match access.credentials().await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -152,21 +183,47 @@ impl Scanner {
         }
     }
 
-    async fn scan_target(&self, index: usize, target: &Target, ready: &Result<(), AwsError>) {
+    async fn scan_target(
+        &self,
+        fleet: &Fleet,
+        index: usize,
+        target: &Target,
+        ready: &Result<(), AwsError>,
+    ) {
         if let Err(e) = ready {
             self.snapshot.write().record_failure(index, e.clone(), 0.0);
             return;
         }
         let started = Instant::now();
-        let access = &self.access[target.account];
+        let access = &fleet.access[target.account];
         let kms = self.clients.kms(&target.region);
         let fanout = self.settings.concurrency.0.min(MAX_FANOUT);
-        let scan = access.scope(inventory::scan_target(
-            &kms,
-            &self.matcher,
-            &self.permits,
-            fanout,
-        ));
+        let tag_usage = async {
+            if !self.matcher.checks_tag_in_use() {
+                return None;
+            }
+            let tagging = self.clients.tagging(&target.region);
+            Some(tag_usage::tag_key_in_use(&tagging, &self.matcher, &self.permits).await)
+        };
+        let scan = access.scope(async {
+            let (inventory, tag_in_use) = futures::join!(
+                inventory::scan_target(&kms, &self.matcher, &self.permits, fanout),
+                tag_usage
+            );
+            inventory.map(|mut inventory| {
+                // Tag usage is secondary: its failure is counted, and only matters for
+                // match.require = "when_tag_in_use" (the verdict then says so).
+                let tag_in_use = match tag_in_use {
+                    Some(Ok(in_use)) => Some(in_use),
+                    Some(Err(e)) => {
+                        inventory.soft_errors.push(e);
+                        None
+                    }
+                    None => None,
+                };
+                (inventory, tag_in_use)
+            })
+        });
         let result = match tokio::time::timeout(self.settings.timeout.0, scan).await {
             Ok(result) => result,
             Err(_) => Err(AwsError::new(
@@ -182,7 +239,7 @@ impl Scanner {
         let account = access.label();
         let region = target.region.as_str();
         match result {
-            Ok(inventory) => {
+            Ok((inventory, tag_in_use)) => {
                 for e in &inventory.soft_errors {
                     warn!(
                         account,
@@ -191,10 +248,14 @@ impl Scanner {
                         error = %e.kind,
                         message = %e.message,
                         hint = e.kind.hint(),
-                        "a key could not be fully read"
+                        "a secondary call failed (a key not fully read, or the tag keys); the scan goes on"
                     );
                 }
-                let verdict = evaluate(&inventory.keys, &self.matcher);
+                let verdict = apply_requirement(
+                    evaluate(&inventory.keys, &self.matcher),
+                    &self.matcher,
+                    tag_in_use,
+                );
                 tracing::debug!(account, region, verdict = verdict.status.as_str(), message = %verdict.message, "target scanned");
                 self.snapshot.write().record_success(
                     index,
@@ -220,7 +281,7 @@ impl Scanner {
     }
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)

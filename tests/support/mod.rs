@@ -67,6 +67,8 @@
 
 #![allow(dead_code)]
 
+pub mod fleet;
+
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fs::File;
