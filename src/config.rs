@@ -1045,6 +1045,26 @@ regions = "all"
     }
 
     #[test]
+    fn example_config_parses_with_and_without_its_organization_section() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        let text = std::fs::read_to_string(&path).expect("read example");
+        load_str(&text).expect("example.toml is valid");
+        // The commented [organization] block at the end, uncommented.
+        let block = text.find("# [organization]").expect("organization block");
+        let uncommented = format!(
+            "{}{}",
+            &text[..block],
+            text[block..]
+                .lines()
+                .map(|l| l.strip_prefix("# ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let config = load_str(&uncommented).expect("example.toml with [organization] is valid");
+        assert!(config.organization.is_some());
+    }
+
+    #[test]
     fn zero_concurrency_is_refused() {
         let e = error_of("[scan]\nconcurrency = 0\n");
         assert!(e.contains("scan.concurrency") && e.contains('0'), "{e}");

@@ -47,7 +47,10 @@ async fn cloudsploit_json_follows_when_tag_in_use_and_its_exit_code() {
     let config = format!("{REGIONS}\n[match]\nrequire = \"when_tag_in_use\"\n");
 
     let (code, stdout, stderr) = scan(&moto, &config, &["--output", "cloudsploit-json"]).await;
-    assert_eq!(code, 2, "our own exit code by default (an UNKNOWN)\n{stdout}\n{stderr}");
+    assert_eq!(
+        code, 2,
+        "our own exit code by default (an UNKNOWN)\n{stdout}\n{stderr}"
+    );
     let results: serde_json::Value = serde_json::from_str(&stdout).expect("json");
     let results = by_region(&results);
     assert_eq!(results.len(), 4, "{stdout}");
@@ -55,7 +58,11 @@ async fn cloudsploit_json_follows_when_tag_in_use_and_its_exit_code() {
         assert_eq!(r["plugin"], "kmsAppTierCmk");
         assert_eq!(r["category"], "KMS");
         assert_eq!(r["title"], "App-Tier KMS Customer Master Key (CMK)");
-        assert!(r["description"].as_str().is_some_and(|d| d.starts_with("Ensures")));
+        assert!(
+            r["description"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("Ensures"))
+        );
         assert_eq!(r["resource"], "N/A");
         assert_eq!(r["account"], DEFAULT_ACCOUNT);
         assert!(r["message"].as_str().is_some_and(|m| !m.is_empty()));
@@ -71,17 +78,34 @@ async fn cloudsploit_json_follows_when_tag_in_use_and_its_exit_code() {
     assert_eq!(results["eu-west-1"]["status"], "OK", "{stdout}");
     assert_eq!(results["ap-southeast-2"]["status"], "UNKNOWN", "{stdout}");
 
-    let (code, _, _) = scan(&moto, &config, &["--output", "cloudsploit-json", "--exit-code"]).await;
+    let (code, _, _) = scan(
+        &moto,
+        &config,
+        &["--output", "cloudsploit-json", "--exit-code"],
+    )
+    .await;
     assert_eq!(code, 3, "CloudSploit: the worst status, UNKNOWN = 3");
 
     // Without the UNKNOWN region: FAIL is 2 with --exit-code, 1 without.
-    let config = "regions = [\"us-east-1\", \"us-west-2\"]\n[match]\nrequire = \"when_tag_in_use\"\n";
-    let (code, stdout, _) = scan(&moto, config, &["--output", "cloudsploit-json", "--exit-code"]).await;
+    let config =
+        "regions = [\"us-east-1\", \"us-west-2\"]\n[match]\nrequire = \"when_tag_in_use\"\n";
+    let (code, stdout, _) = scan(
+        &moto,
+        config,
+        &["--output", "cloudsploit-json", "--exit-code"],
+    )
+    .await;
     assert_eq!(code, 2, "{stdout}");
     let (code, _, _) = scan(&moto, config, &["--output", "cloudsploit-json"]).await;
     assert_eq!(code, 1);
-    let config = "regions = [\"us-west-2\", \"eu-west-1\"]\n[match]\nrequire = \"when_tag_in_use\"\n";
-    let (code, stdout, _) = scan(&moto, config, &["--output", "cloudsploit-json", "--exit-code"]).await;
+    let config =
+        "regions = [\"us-west-2\", \"eu-west-1\"]\n[match]\nrequire = \"when_tag_in_use\"\n";
+    let (code, stdout, _) = scan(
+        &moto,
+        config,
+        &["--output", "cloudsploit-json", "--exit-code"],
+    )
+    .await;
     assert_eq!(code, 0, "{stdout}");
 }
 
@@ -111,7 +135,11 @@ async fn csv_output_has_cloudsploit_columns_and_require_always_fails_everywhere(
         assert_eq!(row[7], DEFAULT_ACCOUNT);
     }
     assert_eq!(status("us-east-1"), "FAIL");
-    assert_eq!(status("us-west-2"), "FAIL", "require = always: needed everywhere");
+    assert_eq!(
+        status("us-west-2"),
+        "FAIL",
+        "require = always: needed everywhere"
+    );
     assert_eq!(status("eu-west-1"), "OK");
     assert_eq!(status("ap-southeast-2"), "UNKNOWN");
 }
@@ -136,10 +164,22 @@ case_insensitive = true
     exporter.wait_ready(Duration::from_secs(30)).await;
     let m = exporter.metrics().await;
     let value = |name: &str, region: &str| {
-        sample_value(&m, name, &[("account", DEFAULT_ACCOUNT), ("region", region)])
+        sample_value(
+            &m,
+            name,
+            &[("account", DEFAULT_ACCOUNT), ("region", region)],
+        )
     };
-    assert_eq!(value("app_tier_cmk_tag_in_use", "us-east-1"), Some(1.0), "{m}");
-    assert_eq!(value("app_tier_cmk_tag_in_use", "us-west-2"), Some(0.0), "{m}");
+    assert_eq!(
+        value("app_tier_cmk_tag_in_use", "us-east-1"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        value("app_tier_cmk_tag_in_use", "us-west-2"),
+        Some(0.0),
+        "{m}"
+    );
     assert_eq!(value("app_tier_cmk_required", "us-east-1"), Some(1.0));
     assert_eq!(value("app_tier_cmk_required", "us-west-2"), Some(0.0));
     assert_eq!(value("app_tier_cmk_present", "us-east-1"), Some(0.0));
