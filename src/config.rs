@@ -600,11 +600,11 @@ impl Config {
 
     /// Checks that span several keys (serde checked each value alone).
     fn check_consistency(&self, figment: &Figment) -> Result<(), ConfigError> {
-        let source = |key: &str| {
-            figment
-                .find_metadata(key)
-                .map(source_name_of)
-                .unwrap_or_else(|| "configuration".to_owned())
+        // Names the file, or the variable that set `key`.
+        let source = |key: &str| match figment.find_metadata(key) {
+            Some(md) if md.name.contains("environment") => env_var_source(key),
+            Some(md) => source_name_of(md),
+            None => "configuration".to_owned(),
         };
         let mut seen_accounts = BTreeSet::new();
         let mut default_credentials = 0;
@@ -613,7 +613,7 @@ impl Config {
                 && id != arn.account()
             {
                 return Err(ConfigError(format!(
-                    "{}: key `accounts[{i}].account_id`: {:?} does not match the account {} of role_arn {:?}",
+                    "{}: key `accounts.{i}.account_id`: {:?} does not match the account {} of role_arn {:?}",
                     source("accounts"),
                     id.0,
                     arn.account(),
@@ -624,7 +624,7 @@ impl Config {
                 default_credentials += 1;
                 if account.external_id.is_some() {
                     return Err(ConfigError(format!(
-                        "{}: key `accounts[{i}].external_id`: set without role_arn; the external ID is only sent with AssumeRole",
+                        "{}: key `accounts.{i}.external_id`: set without role_arn; the external ID is only sent with AssumeRole",
                         source("accounts")
                     )));
                 }
@@ -636,21 +636,21 @@ impl Config {
                 .unwrap_or_else(|| "default credentials".to_owned());
             if !seen_accounts.insert(identity.clone()) {
                 return Err(ConfigError(format!(
-                    "{}: key `accounts[{i}]`: {identity:?} is listed twice",
+                    "{}: key `accounts.{i}`: {identity:?} is listed twice",
                     source("accounts")
                 )));
             }
             if let Some(regions) = &account.regions {
                 check_unique_regions(
                     regions.listed(),
-                    &format!("accounts[{i}].regions"),
+                    &format!("accounts.{i}.regions"),
                     &source("accounts"),
                 )?;
             }
             if let Some(regions) = &account.exclude_regions {
                 check_unique_regions(
                     regions,
-                    &format!("accounts[{i}].exclude_regions"),
+                    &format!("accounts.{i}.exclude_regions"),
                     &source("accounts"),
                 )?;
             }
@@ -741,6 +741,17 @@ fn check_unique_regions(regions: &[Region], key: &str, source: &str) -> Result<(
     Ok(())
 }
 
+/// "environment variable APP_TIER_CMK_X__Y" for the key path "x.y" (list indexes dropped:
+/// a list is set by one variable).
+fn env_var_source(key: &str) -> String {
+    let parts: Vec<String> = key
+        .split('.')
+        .take_while(|p| !p.bytes().all(|b| b.is_ascii_digit()))
+        .map(|p| p.to_ascii_uppercase())
+        .collect();
+    format!("environment variable {ENV_PREFIX}{}", parts.join("__"))
+}
+
 /// "config file PATH" or "environment variable NAME" for a figment source.
 fn source_name_of(metadata: &figment::Metadata) -> String {
     match &metadata.source {
@@ -758,10 +769,7 @@ fn describe_figment_error(error: figment::Error, path: Option<&Path>) -> ConfigE
         .map(|e| {
             let key = e.path.join(".");
             let source = match &e.metadata {
-                Some(md) if md.name.contains("environment") => {
-                    let var: Vec<String> = e.path.iter().map(|p| p.to_ascii_uppercase()).collect();
-                    format!("environment variable {ENV_PREFIX}{}", var.join("__"))
-                }
+                Some(md) if md.name.contains("environment") => env_var_source(&key),
                 Some(md) => source_name_of(md),
                 None => path
                     .map(|p| format!("config file {}", p.display()))
@@ -1062,6 +1070,18 @@ regions = "all"
         );
         let config = load_str(&uncommented).expect("example.toml with [organization] is valid");
         assert!(config.organization.is_some());
+    }
+
+    #[test]
+    fn variable_names_drop_list_indexes() {
+        assert_eq!(
+            env_var_source("regions.1"),
+            "environment variable APP_TIER_CMK_REGIONS"
+        );
+        assert_eq!(
+            env_var_source("match.key_states"),
+            "environment variable APP_TIER_CMK_MATCH__KEY_STATES"
+        );
     }
 
     #[test]

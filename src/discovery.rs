@@ -187,7 +187,7 @@ impl Discovery {
                 warn!(
                     operation = e.operation,
                     error = %e.kind,
-                    message = %e.message,
+                    detail = %e.message,
                     hint = "the exporter's own credentials need organizations:ListAccounts in the management or a delegated-admin account",
                     known_accounts = self.org_accounts.len(),
                     "cannot read the organization's account list; keeping the last known list"
@@ -252,7 +252,7 @@ impl Discovery {
                         account = spec.label(),
                         operation = e.operation,
                         error = %e.kind,
-                        message = %e.message,
+                        detail = %e.message,
                         hint = e.kind.hint(),
                         keeping_last_known = known,
                         "cannot read the account's enabled regions (regions = \"all\")"

@@ -2,11 +2,12 @@
 //! every target with a time bound and a global bound on AWS calls in flight, and write each
 //! result to the snapshot. Rounds never overlap; a failure in one target never stops the others.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use tokio::sync::Semaphore;
+use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -26,6 +27,8 @@ const MAX_FANOUT: usize = 8;
 pub struct Scanner {
     clients: Arc<AwsClients>,
     discovery: tokio::sync::Mutex<Discovery>,
+    /// Keys of default-credential accounts whose ID was confirmed with GetCallerIdentity.
+    identity_checked: std::sync::Mutex<HashSet<String>>,
     matcher: Matcher,
     permits: Semaphore,
     settings: ScanConfig,
@@ -44,6 +47,7 @@ impl Scanner {
             snapshot.write().pending_discovery = true;
         }
         Scanner {
+            identity_checked: std::sync::Mutex::new(HashSet::new()),
             clients,
             discovery: tokio::sync::Mutex::new(discovery),
             matcher,
@@ -58,6 +62,9 @@ impl Scanner {
     }
 
     /// Scans every target once. Returns when all are recorded in the snapshot.
+    ///
+    /// An account is prepared (ID, credentials) by its first target, once per round and
+    /// within `scan.timeout`; its other targets wait for that, and other accounts go on.
     pub async fn run_round(&self) {
         let started = Instant::now();
         let concurrency = self.settings.concurrency.0;
@@ -68,14 +75,23 @@ impl Scanner {
             .plan_round(&self.clients, &self.snapshot, &self.permits, concurrency)
             .await;
         self.apply_plan(&fleet);
-        let ready: Vec<Result<(), AwsError>> = futures::stream::iter(0..fleet.plan.accounts.len())
-            .map(|i| self.prepare_account(&fleet, i))
-            .buffered(concurrency)
-            .collect()
-            .await;
+        let prepared: Vec<OnceCell<Result<(), AwsError>>> = fleet
+            .plan
+            .accounts
+            .iter()
+            .map(|_| OnceCell::new())
+            .collect();
         futures::stream::iter(fleet.plan.targets.iter().enumerate())
             .for_each_concurrent(concurrency, |(i, target)| {
-                self.scan_target(&fleet, i, target, &ready[target.account])
+                let prepared = &prepared[target.account];
+                let fleet = &fleet;
+                async move {
+                    let started = Instant::now();
+                    let ready = prepared
+                        .get_or_init(|| self.prepare_account_in_time(fleet, target.account))
+                        .await;
+                    self.scan_target(fleet, i, target, ready, started).await
+                }
             })
             .await;
         let snapshot = self.snapshot.read();
@@ -137,27 +153,72 @@ impl Scanner {
         }
     }
 
-    /// Learns the account ID (when unknown) and gets its credentials.
+    async fn prepare_account_in_time(&self, fleet: &Fleet, index: usize) -> Result<(), AwsError> {
+        let timeout = self.settings.timeout.0;
+        match tokio::time::timeout(timeout, self.prepare_account(fleet, index)).await {
+            Ok(result) => result,
+            Err(_) => {
+                let e = AwsError::new(
+                    "PrepareAccount",
+                    ErrorKind::Timeout,
+                    format!(
+                        "learning the account ID or getting credentials took longer than scan.timeout ({})",
+                        humantime::format_duration(timeout)
+                    ),
+                );
+                warn!(
+                    account = fleet.plan.accounts[index].label(),
+                    operation = e.operation,
+                    error = %e.kind,
+                    detail = %e.message,
+                    hint = e.kind.hint(),
+                    "cannot prepare the account; its targets are not scanned this round"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Learns (or, for the default credentials, checks) the account ID and gets credentials.
     async fn prepare_account(&self, fleet: &Fleet, index: usize) -> Result<(), AwsError> {
         if let Some(Some(e)) = fleet.blocked.get(index) {
             return Err(e.clone());
         }
         let spec = &fleet.plan.accounts[index];
-        let known = self
-            .snapshot
-            .read()
-            .accounts
-            .get(index)
-            .is_some_and(|a| a.id.is_some());
-        if !known {
+        let needs_identity = spec.role_arn.is_none()
+            && !self
+                .identity_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&spec.key);
+        if needs_identity {
             match self.clients.default_account_id().await {
-                Ok(id) => self.snapshot.write().set_account_id(index, id),
+                Ok(id) => {
+                    if let Some(configured) = &spec.known_id
+                        && configured != &id
+                    {
+                        let e = AwsError::new(
+                            "GetCallerIdentity",
+                            ErrorKind::Other,
+                            format!(
+                                "the default credentials belong to account {id}, but the configuration says account_id = {configured}; fix account_id or the credentials"
+                            ),
+                        );
+                        warn!(account = spec.label(), detail = %e.message, "account ID mismatch; its targets are not scanned");
+                        return Err(e);
+                    }
+                    self.identity_checked
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(spec.key.clone());
+                    self.snapshot.write().set_account_id(index, id);
+                }
                 Err(e) => {
                     warn!(
                         account = spec.label(),
                         operation = e.operation,
                         error = %e.kind,
-                        message = %e.message,
+                        detail = %e.message,
                         hint = e.kind.hint(),
                         "cannot learn the account ID; its targets are exported with account=\"unknown\""
                     );
@@ -174,7 +235,7 @@ impl Scanner {
                     role_arn = spec.role_arn.as_ref().map(|r| r.as_str()),
                     operation = e.operation,
                     error = %e.kind,
-                    message = %e.message,
+                    detail = %e.message,
                     hint = ErrorKind::AssumeRole.hint(),
                     "cannot get credentials for the account; its targets are not scanned this round"
                 );
@@ -183,18 +244,22 @@ impl Scanner {
         }
     }
 
+    /// Scans one target; `started` is when it began waiting for its account's preparation.
     async fn scan_target(
         &self,
         fleet: &Fleet,
         index: usize,
         target: &Target,
         ready: &Result<(), AwsError>,
+        started: Instant,
     ) {
         if let Err(e) = ready {
-            self.snapshot.write().record_failure(index, e.clone(), 0.0);
+            let duration = started.elapsed().as_secs_f64();
+            self.snapshot
+                .write()
+                .record_failure(index, e.clone(), duration);
             return;
         }
-        let started = Instant::now();
         let access = &fleet.access[target.account];
         let kms = self.clients.kms(&target.region);
         let fanout = self.settings.concurrency.0.min(MAX_FANOUT);
@@ -246,7 +311,7 @@ impl Scanner {
                         region,
                         operation = e.operation,
                         error = %e.kind,
-                        message = %e.message,
+                        detail = %e.message,
                         hint = e.kind.hint(),
                         "a secondary call failed (a key not fully read, or the tag keys); the scan goes on"
                     );
@@ -256,7 +321,7 @@ impl Scanner {
                     &self.matcher,
                     tag_in_use,
                 );
-                tracing::debug!(account, region, verdict = verdict.status.as_str(), message = %verdict.message, "target scanned");
+                tracing::debug!(account, region, verdict = verdict.status.as_str(), detail = %verdict.message, "target scanned");
                 self.snapshot.write().record_success(
                     index,
                     verdict,
@@ -271,7 +336,7 @@ impl Scanner {
                     region,
                     operation = e.operation,
                     error = %e.kind,
-                    message = %e.message,
+                    detail = %e.message,
                     hint = e.kind.hint(),
                     "scan failed; keeping the last known values"
                 );
