@@ -10,10 +10,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::aws::AwsClients;
-use crate::config::{Config, ConfigError, ListenAddress};
+use crate::cloudsploit;
+use crate::config::{Config, ConfigError, DEFAULT_REFRESH_INTERVAL, ListenAddress, ScanConfig};
+use crate::discovery::Discovery;
 use crate::evaluate::Matcher;
 use crate::metrics::Metrics;
-use crate::reload::{self, ReloadMetrics, ReloadRequest};
+use crate::organization::OrgSettings;
+use crate::reload::{ReloadMetrics, ReloadRequest};
 use crate::report;
 use crate::scanner::Scanner;
 use crate::server::{self, AppState, Limits};
@@ -42,6 +45,19 @@ pub enum AppError {
 pub enum Output {
     Table,
     Json,
+    /// CloudSploit's JSON results (`--json=FILE` of CloudSploit).
+    CloudSploitJson,
+    /// CloudSploit's CSV results (`--csv=FILE` of CloudSploit).
+    Csv,
+}
+
+/// How `scan` chooses its exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitCodeStyle {
+    /// 0 all PASS, 1 a FAIL, 2 an UNKNOWN.
+    Verdict,
+    /// CloudSploit's `--exit-code`: the worst status, 0 OK, 2 FAIL, 3 UNKNOWN.
+    CloudSploit,
 }
 
 /// How the exporter runs, beyond the configuration file.
@@ -70,26 +86,72 @@ impl ExporterOptions {
 }
 
 async fn load_clients(config: &Config, metrics: &Metrics) -> Arc<AwsClients> {
-    let first_region = config.regions.first().or_else(|| {
+    let first_region = config.regions.listed().first().or_else(|| {
         config
             .accounts
             .iter()
-            .find_map(|a| a.regions.as_ref()?.first())
+            .find_map(|a| a.regions.as_ref()?.listed().first())
     });
     Arc::new(AwsClients::load(metrics.aws_requests_total.clone(), first_region).await)
 }
 
+/// Everything a scanner needs from a configuration, checked, before any scanner is touched
+/// (so that a reload can be refused while the running scanner goes on).
+struct ScannerSetup {
+    plan: Plan,
+    discovery: Discovery,
+    matcher: Matcher,
+    settings: ScanConfig,
+}
+
+impl ScannerSetup {
+    fn new(config: &Config, clients: &AwsClients) -> Result<ScannerSetup, ConfigError> {
+        let default_region = clients.default_region();
+        let plan = targets::plan(config, default_region.as_deref())?;
+        let default_regions = targets::default_regions(config, default_region.as_deref())?;
+        let organization = OrgSettings::from_config(
+            config.organization.as_ref(),
+            &default_regions,
+            &config.exclude_regions,
+        );
+        if let Some(org) = &organization
+            && matches!(&org.regions, crate::config::RegionSelection::Listed(r) if r.is_empty())
+        {
+            return Err(ConfigError(
+                "no region to scan for the organization's accounts: set `regions` (top level or \
+                 in [organization]), or a default region with AWS_REGION or the profile"
+                    .to_owned(),
+            ));
+        }
+        let refresh_interval = config
+            .organization
+            .as_ref()
+            .map_or(DEFAULT_REFRESH_INTERVAL, |o| o.refresh_interval.0);
+        let discovery = Discovery::new(plan.accounts.clone(), organization, refresh_interval);
+        Ok(ScannerSetup {
+            plan,
+            discovery,
+            matcher: Matcher::from_config(&config.matching),
+            settings: config.scan.clone(),
+        })
+    }
+
+    fn into_scanner(self, clients: Arc<AwsClients>, snapshot: SharedSnapshot) -> Scanner {
+        Scanner::new(
+            clients,
+            self.discovery,
+            self.matcher,
+            self.settings,
+            snapshot,
+        )
+    }
+}
+
 async fn build_scanner(config: &Config, metrics: &Metrics) -> Result<Scanner, AppError> {
     let clients = load_clients(config, metrics).await;
-    let plan = targets::plan(config, clients.default_region().as_deref())?;
-    let snapshot = SharedSnapshot::new(Snapshot::new(&plan));
-    Ok(Scanner::new(
-        clients,
-        plan,
-        Matcher::from_config(&config.matching),
-        config.scan.clone(),
-        snapshot,
-    ))
+    let setup = ScannerSetup::new(config, &clients)?;
+    let snapshot = SharedSnapshot::new(Snapshot::new(&setup.plan));
+    Ok(setup.into_scanner(clients, snapshot))
 }
 
 /// Runs the exporter until `shutdown` is cancelled. `reloads` carries reload requests (SIGHUP
@@ -108,8 +170,8 @@ pub async fn run_exporter(
     let metrics = Arc::new(Metrics::new());
     let reload_metrics = ReloadMetrics::register(&metrics);
     let clients = load_clients(&config, &metrics).await;
-    let mut plan = targets::plan(&config, clients.default_region().as_deref())?;
-    let snapshot = SharedSnapshot::new(Snapshot::new(&plan));
+    let setup = ScannerSetup::new(&config, &clients)?;
+    let snapshot = SharedSnapshot::new(Snapshot::new(&setup.plan));
     let address = config.listen_address.0;
     let listener = TcpListener::bind(address)
         .await
@@ -118,7 +180,7 @@ pub async fn run_exporter(
     info!(
         address = %local,
         metrics_path = %config.metrics_path.0,
-        targets = plan.targets.len(),
+        targets = setup.plan.targets.len(),
         interval = %humantime::format_duration(config.scan.interval.0),
         tls = web.as_ref().is_some_and(|w| w.current().tls.is_some()),
         lifecycle_api = options.enable_lifecycle,
@@ -140,14 +202,9 @@ pub async fn run_exporter(
     ));
 
     let mut running = config;
+    let mut setup = setup;
     loop {
-        let scanner = Arc::new(Scanner::new(
-            Arc::clone(&clients),
-            plan.clone(),
-            Matcher::from_config(&running.matching),
-            running.scan.clone(),
-            snapshot.clone(),
-        ));
+        let scanner = Arc::new(setup.into_scanner(Arc::clone(&clients), snapshot.clone()));
         let stop = shutdown.child_token();
         let scanning = {
             let stop = stop.clone();
@@ -169,7 +226,7 @@ pub async fn run_exporter(
                 let _ = web.reload();
             }
             match prepare_reload(&options, &clients, &running) {
-                Ok((config, new_plan)) => break Some((config, new_plan, request.reply)),
+                Ok((config, next_setup)) => break Some((config, next_setup, request.reply)),
                 Err(e) => {
                     reload_metrics.failed();
                     error!(error = %e, "configuration not reloaded; the previous one stays in force");
@@ -179,20 +236,17 @@ pub async fn run_exporter(
         };
         stop.cancel();
         let _ = scanning.await;
-        let Some((config, new_plan, answer)) = next else {
+        let Some((config, next_setup, answer)) = next else {
             break;
         };
-        {
-            let mut current = snapshot.write();
-            let next_snapshot = reload::carry_over(&plan, &current, &new_plan);
-            *current = next_snapshot;
-        }
+        // The new scanner's first round lays the snapshot out for the new plan: targets that
+        // stay keep their state, removed ones disappear (Snapshot::apply_plan).
         info!(
-            targets = new_plan.targets.len(),
+            targets = next_setup.plan.targets.len(),
             interval = %humantime::format_duration(config.scan.interval.0),
             "configuration reloaded; a scan round starts now"
         );
-        plan = new_plan;
+        setup = next_setup;
         running = config;
         reload_metrics.succeeded();
         reply(answer, Ok(()));
@@ -208,9 +262,9 @@ fn prepare_reload(
     options: &ExporterOptions,
     clients: &AwsClients,
     running: &Config,
-) -> Result<(Config, Plan), ConfigError> {
+) -> Result<(Config, ScannerSetup), ConfigError> {
     let mut config = options.load_config()?;
-    let plan = targets::plan(&config, clients.default_region().as_deref())?;
+    let setup = ScannerSetup::new(&config, clients)?;
     if config.listen_address != running.listen_address {
         warn!(
             running = %running.listen_address.0,
@@ -227,7 +281,7 @@ fn prepare_reload(
         );
         config.metrics_path = running.metrics_path.clone();
     }
-    Ok((config, plan))
+    Ok((config, setup))
 }
 
 fn reply(to: Option<oneshot::Sender<Result<(), String>>>, outcome: Result<(), String>) {
@@ -237,7 +291,11 @@ fn reply(to: Option<oneshot::Sender<Result<(), String>>>, outcome: Result<(), St
 }
 
 /// Scans every target once, prints the report and returns the exit code.
-pub async fn run_scan(config: Config, output: Output) -> Result<i32, AppError> {
+pub async fn run_scan(
+    config: Config,
+    output: Output,
+    exit: ExitCodeStyle,
+) -> Result<i32, AppError> {
     let metrics = Metrics::new();
     let scanner = build_scanner(&config, &metrics).await?;
     scanner.run_round().await;
@@ -245,7 +303,12 @@ pub async fn run_scan(config: Config, output: Output) -> Result<i32, AppError> {
     let text = match output {
         Output::Table => report::render_table(&rows),
         Output::Json => report::render_json(&rows) + "\n",
+        Output::CloudSploitJson => cloudsploit::render_json(&cloudsploit::results(&rows)) + "\n",
+        Output::Csv => cloudsploit::render_csv(&cloudsploit::results(&rows)),
     };
     print!("{text}");
-    Ok(report::exit_code(&rows))
+    Ok(match exit {
+        ExitCodeStyle::Verdict => report::exit_code(&rows),
+        ExitCodeStyle::CloudSploit => cloudsploit::exit_code(&rows),
+    })
 }

@@ -50,7 +50,10 @@ pub struct AwsClients {
     base: SdkConfig,
     sts: aws_sdk_sts::Client,
     kms_by_region: Mutex<HashMap<String, aws_sdk_kms::Client>>,
+    tagging_by_region: Mutex<HashMap<String, aws_sdk_resourcegroupstagging::Client>>,
     requests: RequestCounter,
+    /// Region of the global APIs (Organizations, Account): the SDK's default, or a fallback.
+    home_region: String,
 }
 
 impl AwsClients {
@@ -77,18 +80,22 @@ impl AwsClients {
             .await;
         let requests = RequestCounter(requests_total);
         let mut sts = aws_sdk_sts::config::Builder::from(&base).interceptor(requests.clone());
+        let home_region = base.region().map(|r| r.to_string()).unwrap_or_else(|| {
+            fallback_region
+                .map_or("us-east-1", |r| r.as_str())
+                .to_owned()
+        });
         if base.region().is_none() {
             // STS needs a region to sign; any region's endpoint serves AssumeRole.
-            let region = fallback_region
-                .map_or("us-east-1", |r| r.as_str())
-                .to_owned();
-            sts = sts.region(aws_sdk_sts::config::Region::new(region));
+            sts = sts.region(aws_sdk_sts::config::Region::new(home_region.clone()));
         }
         AwsClients {
             sts: aws_sdk_sts::Client::from_conf(sts.build()),
             base,
             kms_by_region: Mutex::new(HashMap::new()),
+            tagging_by_region: Mutex::new(HashMap::new()),
             requests,
+            home_region,
         }
     }
 
@@ -117,6 +124,59 @@ impl AwsClients {
                 aws_sdk_kms::Client::from_conf(config)
             })
             .clone()
+    }
+
+    /// Region of the global APIs, and where an account whose regions are unknown is reported.
+    pub fn home_region(&self) -> &str {
+        &self.home_region
+    }
+
+    /// The Resource Groups Tagging API client of `region` (tag:GetTagKeys), shared like KMS's.
+    pub fn tagging(&self, region: &Region) -> aws_sdk_resourcegroupstagging::Client {
+        let mut clients = self
+            .tagging_by_region
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        clients
+            .entry(region.0.clone())
+            .or_insert_with(|| {
+                let config = aws_sdk_resourcegroupstagging::config::Builder::from(&self.base)
+                    .region(aws_sdk_resourcegroupstagging::config::Region::new(
+                        region.0.clone(),
+                    ))
+                    .credentials_provider(ScopedCredentials)
+                    .identity_cache(IdentityCache::no_cache())
+                    .interceptor(AccountRetryPartition)
+                    .interceptor(self.requests.clone())
+                    .build();
+                aws_sdk_resourcegroupstagging::Client::from_conf(config)
+            })
+            .clone()
+    }
+
+    /// An Account API client (account:ListRegions) with the credentials of the account in scope.
+    pub fn account_api(&self) -> aws_sdk_account::Client {
+        let config = aws_sdk_account::config::Builder::from(&self.base)
+            .region(aws_sdk_account::config::Region::new(
+                self.home_region.clone(),
+            ))
+            .credentials_provider(ScopedCredentials)
+            .identity_cache(IdentityCache::no_cache())
+            .interceptor(AccountRetryPartition)
+            .interceptor(self.requests.clone())
+            .build();
+        aws_sdk_account::Client::from_conf(config)
+    }
+
+    /// An Organizations client with the default credentials (management or delegated admin).
+    pub fn organizations(&self) -> aws_sdk_organizations::Client {
+        let config = aws_sdk_organizations::config::Builder::from(&self.base)
+            .region(aws_sdk_organizations::config::Region::new(
+                self.home_region.clone(),
+            ))
+            .interceptor(self.requests.clone())
+            .build();
+        aws_sdk_organizations::Client::from_conf(config)
     }
 
     /// Access to one account: AssumeRole when `role` is set, else the default credentials.

@@ -26,13 +26,18 @@ pub const DEFAULT_PORT: u16 = 10711;
 pub struct Config {
     pub listen_address: ListenAddress,
     pub metrics_path: MetricsPath,
-    /// Regions for accounts that name none. Empty: the SDK's default region.
-    pub regions: Vec<Region>,
+    /// Regions for accounts that name none: a list, or "all" (the enabled regions). Empty
+    /// list: the SDK's default region.
+    pub regions: RegionSelection,
+    /// Regions never scanned, whatever `regions` says (inherited like `regions`).
+    pub exclude_regions: Vec<Region>,
     pub scan: ScanConfig,
     #[serde(rename = "match")]
     pub matching: MatchConfig,
-    /// Accounts to scan. Empty: the account of the default credentials.
+    /// Accounts to scan. Empty (and no organization): the account of the default credentials.
     pub accounts: Vec<AccountConfig>,
+    /// The accounts of an AWS Organization, listed and refreshed at run time.
+    pub organization: Option<OrganizationConfig>,
 }
 
 impl Default for Config {
@@ -40,10 +45,12 @@ impl Default for Config {
         Config {
             listen_address: ListenAddress(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
             metrics_path: MetricsPath("/metrics".to_owned()),
-            regions: Vec::new(),
+            regions: RegionSelection::default(),
+            exclude_regions: Vec::new(),
             scan: ScanConfig::default(),
             matching: MatchConfig::default(),
             accounts: Vec::new(),
+            organization: None,
         }
     }
 }
@@ -77,6 +84,10 @@ pub struct MatchConfig {
     pub tag_values: Vec<String>,
     pub case_insensitive: bool,
     pub key_states: Vec<KeyStateName>,
+    /// Where the key is required: everywhere, or only where the tag key is in use.
+    pub require: Requirement,
+    /// Read the region's tag keys (tag:GetTagKeys) for `app_tier_cmk_tag_in_use`.
+    pub check_tag_in_use: bool,
 }
 
 impl Default for MatchConfig {
@@ -86,7 +97,161 @@ impl Default for MatchConfig {
             tag_values: Vec::new(),
             case_insensitive: false,
             key_states: vec![KeyStateName("Enabled".to_owned())],
+            require: Requirement::Always,
+            check_tag_in_use: true,
         }
+    }
+}
+
+/// `match.require`: where an App-Tier key must exist.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    /// In every scanned account and region.
+    #[default]
+    Always,
+    /// Only where some resource of the region carries the tag key (CloudSploit's rule).
+    WhenTagInUse,
+}
+
+/// `[organization]`: scan the active accounts of an AWS Organization.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrganizationConfig {
+    /// `false` keeps the section without using it.
+    pub enabled: bool,
+    /// Role assumed in every member account (same name everywhere).
+    pub role_name: Option<RoleName>,
+    pub external_id: Option<String>,
+    /// Only these accounts (empty: all).
+    pub include: Vec<AccountId>,
+    /// Never these accounts.
+    pub exclude: Vec<AccountId>,
+    /// How often the account list (and the enabled regions) are read again.
+    pub refresh_interval: PositiveDuration,
+    /// Absent: the top-level `regions`.
+    pub regions: Option<RegionSelection>,
+    /// Absent: the top-level `exclude_regions`.
+    pub exclude_regions: Option<Vec<Region>>,
+}
+
+/// Default of `organization.refresh_interval`, also the refresh of enabled-region lists.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl Default for OrganizationConfig {
+    fn default() -> Self {
+        OrganizationConfig {
+            enabled: true,
+            role_name: None,
+            external_id: None,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            refresh_interval: PositiveDuration(DEFAULT_REFRESH_INTERVAL),
+            regions: None,
+            exclude_regions: None,
+        }
+    }
+}
+
+/// `regions`: a list of region names, or the string "all" (the account's enabled regions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegionSelection {
+    Listed(Vec<Region>),
+    AllEnabled,
+}
+
+impl Default for RegionSelection {
+    fn default() -> Self {
+        RegionSelection::Listed(Vec::new())
+    }
+}
+
+impl From<Vec<Region>> for RegionSelection {
+    fn from(regions: Vec<Region>) -> Self {
+        RegionSelection::Listed(regions)
+    }
+}
+
+impl RegionSelection {
+    /// The listed regions (none for "all").
+    pub fn listed(&self) -> &[Region] {
+        match self {
+            RegionSelection::Listed(regions) => regions,
+            RegionSelection::AllEnabled => &[],
+        }
+    }
+}
+
+impl Serialize for RegionSelection {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RegionSelection::Listed(regions) => regions.serialize(serializer),
+            RegionSelection::AllEnabled => serializer.serialize_str("all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RegionSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RegionSelection;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of regions, e.g. [\"us-east-1\"], or the string \"all\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                if value == "all" {
+                    Ok(RegionSelection::AllEnabled)
+                } else {
+                    Err(E::custom(format!(
+                        "{value:?} is neither a list of regions nor \"all\"; write e.g. [\"{value}\"] or \"all\""
+                    )))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut regions = Vec::new();
+                while let Some(region) = seq.next_element::<Region>()? {
+                    regions.push(region);
+                }
+                Ok(RegionSelection::Listed(regions))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// An IAM role name, optionally with a path: `AppTierCmkScanner`, `security/AppTierCmkScanner`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct RoleName(pub String);
+
+impl TryFrom<String> for RoleName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let name = value.rsplit('/').next().unwrap_or("");
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && !value.starts_with('/')
+            && !value.contains("//")
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c));
+        if ok {
+            Ok(RoleName(value))
+        } else {
+            Err(format!(
+                "{value:?} is not an IAM role name; write e.g. \"AppTierCmkScanner\" (the same role in every member account)"
+            ))
+        }
+    }
+}
+
+impl From<RoleName> for String {
+    fn from(value: RoleName) -> String {
+        value.0
     }
 }
 
@@ -103,7 +268,9 @@ pub struct AccountConfig {
     /// Lifetime asked for the assumed role's session (AWS: 15m to 12h); absent: AWS's 1h.
     pub session_duration: Option<SessionDuration>,
     /// Absent: the top-level `regions`.
-    pub regions: Option<Vec<Region>>,
+    pub regions: Option<RegionSelection>,
+    /// Absent: the top-level `exclude_regions`.
+    pub exclude_regions: Option<Vec<Region>>,
 }
 
 /// `host:port` to listen on.
@@ -511,8 +678,15 @@ impl Config {
             }
             if let Some(regions) = &account.regions {
                 check_unique_regions(
-                    regions,
+                    regions.listed(),
                     &format!("accounts.{i}.regions"),
+                    &source("accounts"),
+                )?;
+            }
+            if let Some(regions) = &account.exclude_regions {
+                check_unique_regions(
+                    regions,
+                    &format!("accounts.{i}.exclude_regions"),
                     &source("accounts"),
                 )?;
             }
@@ -523,7 +697,21 @@ impl Config {
                 source("accounts")
             )));
         }
-        check_unique_regions(&self.regions, "regions", &source("regions"))?;
+        check_unique_regions(self.regions.listed(), "regions", &source("regions"))?;
+        check_unique_regions(
+            &self.exclude_regions,
+            "exclude_regions",
+            &source("exclude_regions"),
+        )?;
+        if let Some(org) = &self.organization {
+            org.check(&source("organization"))?;
+        }
+        if self.matching.require == Requirement::WhenTagInUse && !self.matching.check_tag_in_use {
+            return Err(ConfigError(format!(
+                "{}: key `match.check_tag_in_use`: false, but match.require = \"when_tag_in_use\" needs the region's tag keys; set it to true or require \"always\"",
+                source("match")
+            )));
+        }
         let mut states = BTreeSet::new();
         for state in &self.matching.key_states {
             if !states.insert(&state.0) {
@@ -539,6 +727,38 @@ impl Config {
                 "{}: key `match.key_states`: empty; no key could ever count as present (default: [\"Enabled\"])",
                 source("match.key_states")
             )));
+        }
+        Ok(())
+    }
+}
+
+impl OrganizationConfig {
+    fn check(&self, source: &str) -> Result<(), ConfigError> {
+        if self.enabled && self.role_name.is_none() {
+            return Err(ConfigError(format!(
+                "{source}: key `organization.role_name`: missing; name the role to assume in every member account, e.g. \"AppTierCmkScanner\""
+            )));
+        }
+        for (key, ids) in [("include", &self.include), ("exclude", &self.exclude)] {
+            let mut seen = BTreeSet::new();
+            for id in ids {
+                if !seen.insert(id) {
+                    return Err(ConfigError(format!(
+                        "{source}: key `organization.{key}`: account {id} is listed twice"
+                    )));
+                }
+            }
+        }
+        if let Some(id) = self.include.iter().find(|id| self.exclude.contains(id)) {
+            return Err(ConfigError(format!(
+                "{source}: keys `organization.include` and `organization.exclude`: account {id} is in both"
+            )));
+        }
+        if let Some(regions) = &self.regions {
+            check_unique_regions(regions.listed(), "organization.regions", source)?;
+        }
+        if let Some(regions) = &self.exclude_regions {
+            check_unique_regions(regions, "organization.exclude_regions", source)?;
         }
         Ok(())
     }
@@ -806,6 +1026,107 @@ regions = ["us-west-2"]
         }
         let e = error_of("[[accounts]]\nsession_duration = \"1h\"\n");
         assert!(e.contains("without role_arn"), "{e}");
+    }
+
+    #[test]
+    fn regions_all_is_accepted_everywhere() {
+        let config = load_str(
+            r#"
+regions = "all"
+exclude_regions = ["ap-east-1"]
+[[accounts]]
+role_arn = "arn:aws:iam::111111111111:role/r"
+regions = ["us-east-1"]
+[[accounts]]
+role_arn = "arn:aws:iam::222222222222:role/r"
+regions = "all"
+exclude_regions = []
+[organization]
+role_name = "AppTierCmkScanner"
+regions = "all"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(config.regions, RegionSelection::AllEnabled);
+        assert_eq!(
+            config.accounts[1].regions,
+            Some(RegionSelection::AllEnabled)
+        );
+        assert_eq!(config.exclude_regions.len(), 1);
+    }
+
+    #[test]
+    fn regions_as_a_bare_string_says_what_to_write() {
+        let e = error_of("regions = \"us-east-1\"\n");
+        assert!(
+            e.contains("regions") && e.contains("\"all\"") && e.contains("[\"us-east-1\"]"),
+            "{e}"
+        );
+        let e = error_of("regions = [\"us-east-01\"]\n");
+        assert!(e.contains("us-east-01"), "{e}");
+    }
+
+    #[test]
+    fn organization_section_parses_with_defaults() {
+        let config =
+            load_str("[organization]\nrole_name = \"OrgScanner\"\ninclude = [\"111111111111\"]\n")
+                .expect("valid");
+        let org = config.organization.expect("organization");
+        assert!(org.enabled);
+        assert_eq!(org.refresh_interval.0, DEFAULT_REFRESH_INTERVAL);
+        assert_eq!(org.role_name, Some(RoleName("OrgScanner".to_owned())));
+    }
+
+    #[test]
+    fn organization_needs_a_role_name_unless_disabled() {
+        let e = error_of("[organization]\nrefresh_interval = \"10m\"\n");
+        assert!(e.contains("organization.role_name"), "{e}");
+        load_str("[organization]\nenabled = false\n").expect("disabled needs no role");
+    }
+
+    #[test]
+    fn organization_account_lists_are_validated() {
+        let e = error_of("[organization]\nrole_name = \"r\"\nexclude = [\"12\"]\n");
+        assert!(e.contains("exclude") && e.contains("12 digits"), "{e}");
+        let e = error_of(
+            "[organization]\nrole_name = \"r\"\ninclude = [\"111111111111\"]\nexclude = [\"111111111111\"]\n",
+        );
+        assert!(e.contains("both"), "{e}");
+        let e = error_of("[organization]\nrole_name = \"bad role\"\n");
+        assert!(e.contains("role_name") && e.contains("bad role"), "{e}");
+    }
+
+    #[test]
+    fn require_takes_two_values() {
+        let config = load_str("[match]\nrequire = \"when_tag_in_use\"\n").expect("valid");
+        assert_eq!(config.matching.require, Requirement::WhenTagInUse);
+        let e = error_of("[match]\nrequire = \"sometimes\"\n");
+        assert!(
+            e.contains("match.require") && e.contains("when_tag_in_use"),
+            "{e}"
+        );
+        let e = error_of("[match]\nrequire = \"when_tag_in_use\"\ncheck_tag_in_use = false\n");
+        assert!(e.contains("check_tag_in_use"), "{e}");
+    }
+
+    #[test]
+    fn example_config_parses_with_and_without_its_organization_section() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        let text = std::fs::read_to_string(&path).expect("read example");
+        load_str(&text).expect("example.toml is valid");
+        // The commented [organization] block at the end, uncommented.
+        let block = text.find("# [organization]").expect("organization block");
+        let uncommented = format!(
+            "{}{}",
+            &text[..block],
+            text[block..]
+                .lines()
+                .map(|l| l.strip_prefix("# ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let config = load_str(&uncommented).expect("example.toml with [organization] is valid");
+        assert!(config.organization.is_some());
     }
 
     #[test]

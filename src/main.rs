@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use std::time::Duration;
 
-use app_tier_cmk_exporter::app::{self, AppError, ExporterOptions, Output};
+use app_tier_cmk_exporter::app::{self, AppError, ExitCodeStyle, ExporterOptions, Output};
 use app_tier_cmk_exporter::config::{Config, ListenAddress};
 use app_tier_cmk_exporter::reload::ReloadRequest;
 use app_tier_cmk_exporter::server::Limits;
@@ -67,6 +67,9 @@ enum Command {
     Scan {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+        /// CloudSploit's exit code instead: the worst result, 0 OK, 2 FAIL, 3 UNKNOWN.
+        #[arg(long = "exit-code")]
+        exit_code: bool,
     },
 }
 
@@ -80,6 +83,11 @@ enum LogFormat {
 enum OutputFormat {
     Table,
     Json,
+    /// CloudSploit's JSON results.
+    #[value(name = "cloudsploit-json")]
+    CloudsploitJson,
+    /// CloudSploit's CSV results.
+    Csv,
 }
 
 fn main() -> ExitCode {
@@ -127,12 +135,19 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Some(Command::Scan { output }) => {
+            Some(Command::Scan { output, exit_code }) => {
                 let output = match output {
                     OutputFormat::Table => Output::Table,
                     OutputFormat::Json => Output::Json,
+                    OutputFormat::CloudsploitJson => Output::CloudSploitJson,
+                    OutputFormat::Csv => Output::Csv,
                 };
-                app::run_scan(config, output).await
+                let exit = if exit_code {
+                    ExitCodeStyle::CloudSploit
+                } else {
+                    ExitCodeStyle::Verdict
+                };
+                app::run_scan(config, output, exit).await
             }
             None => {
                 let shutdown = CancellationToken::new();

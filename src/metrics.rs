@@ -189,6 +189,39 @@ pub fn render_snapshot(snapshot: &Snapshot) -> Vec<u8> {
         "Failed AWS calls while scanning the account and region, by kind (throttled, access_denied, timeout, network, assume_role, other).",
         MetricType::COUNTER,
     );
+    let mut tag_in_use = Family::gauge(
+        "app_tier_cmk_tag_in_use",
+        &format!(
+            "1 when some resource of the account and region carries the App-Tier tag key (tag:GetTagKeys), else 0; absent when not read. {CACHED}"
+        ),
+    );
+    let mut required = Family::gauge(
+        "app_tier_cmk_required",
+        &format!(
+            "1 when the account and region must hold an App-Tier key (match.require), else 0; absent when unknown. {CACHED}"
+        ),
+    );
+    let mut org_success = Family::gauge(
+        "app_tier_cmk_organization_refresh_success",
+        "1 when the last read of the organization's account list (organizations:ListAccounts) succeeded, else 0.",
+    );
+    let mut org_accounts = Family::gauge(
+        "app_tier_cmk_organization_accounts",
+        "Accounts of the organization being scanned (ACTIVE, after include/exclude and static accounts), from the last successful read.",
+    );
+    let mut org_last_success = Family::gauge(
+        "app_tier_cmk_organization_last_refresh_timestamp_seconds",
+        "Unix time of the last successful read of the organization's account list.",
+    );
+    if let Some(org) = &snapshot.organization {
+        if let Some(ok) = org.refresh_ok {
+            org_success.add(&[], if ok { 1.0 } else { 0.0 });
+            org_accounts.add(&[], org.accounts as f64);
+        }
+        if let Some(ts) = org.last_success_timestamp {
+            org_last_success.add(&[], ts);
+        }
+    }
     let mut account_info = Family::gauge(
         "app_tier_cmk_account_info",
         "One series per configured account with its name (the account ID when unnamed); always 1.",
@@ -231,6 +264,12 @@ pub fn render_snapshot(snapshot: &Snapshot) -> Vec<u8> {
             continue;
         };
         present.add(&target_labels, if verdict.present() { 1.0 } else { 0.0 });
+        if let Some(in_use) = verdict.tag_in_use {
+            tag_in_use.add(&target_labels, if in_use { 1.0 } else { 0.0 });
+        }
+        if let Some(needed) = verdict.required {
+            required.add(&target_labels, if needed { 1.0 } else { 0.0 });
+        }
         for (state, count) in &verdict.state_counts {
             keys.add(
                 &[
@@ -275,7 +314,12 @@ pub fn render_snapshot(snapshot: &Snapshot) -> Vec<u8> {
         duration,
         last_success,
         errors,
+        tag_in_use,
+        required,
         account_info,
+        org_success,
+        org_accounts,
+        org_last_success,
     ]
     .into_iter()
     .map(|f| f.0)
@@ -296,7 +340,7 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         let config = Config {
-            regions: vec![Region::parse("us-east-1").expect("r")],
+            regions: vec![Region::parse("us-east-1").expect("r")].into(),
             ..Config::default()
         };
         let mut s = Snapshot::new(&plan(&config, None).expect("plan"));
@@ -402,7 +446,7 @@ mod tests {
     #[test]
     fn unknown_account_is_labelled_unknown() {
         let config = Config {
-            regions: vec![Region::parse("us-east-1").expect("r")],
+            regions: vec![Region::parse("us-east-1").expect("r")].into(),
             ..Config::default()
         };
         let s = Snapshot::new(&plan(&config, None).expect("plan"));

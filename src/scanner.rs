@@ -1,9 +1,9 @@
-//! Scan rounds: resolve each account (ID, credentials), then scan every target with a time
-//! bound and a global bound on AWS calls in flight, and write each result to the snapshot.
-//! Rounds never overlap; a failure in one target never stops the others.
+//! Scan rounds: plan the round (discovery), resolve each account (ID, credentials), then scan
+//! every target with a time bound and a global bound on AWS calls in flight, and write each
+//! result to the snapshot. Rounds never overlap; a failure in one target never stops the others.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -11,24 +11,24 @@ use tokio::sync::{OnceCell, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::aws::{AccountAccess, AwsClients};
+use crate::aws::AwsClients;
 use crate::config::ScanConfig;
+use crate::discovery::{Discovery, Fleet};
 use crate::error::{AwsError, ErrorKind};
-use crate::evaluate::{Matcher, evaluate};
+use crate::evaluate::{Matcher, apply_requirement, evaluate};
 use crate::inventory;
 use crate::snapshot::SharedSnapshot;
-use crate::targets::{AccountSpec, Plan, Target};
+use crate::tag_usage;
+use crate::targets::Target;
 
 /// Per-key calls of one target waiting for a permit at once.
 const MAX_FANOUT: usize = 8;
 
 pub struct Scanner {
     clients: Arc<AwsClients>,
-    accounts: Vec<AccountSpec>,
-    access: Vec<Arc<AccountAccess>>,
-    /// The default credentials' account ID was confirmed with GetCallerIdentity.
-    identity_checked: Vec<AtomicBool>,
-    targets: Vec<Target>,
+    discovery: tokio::sync::Mutex<Discovery>,
+    /// Keys of default-credential accounts whose ID was confirmed with GetCallerIdentity.
+    identity_checked: std::sync::Mutex<HashSet<String>>,
     matcher: Matcher,
     permits: Semaphore,
     settings: ScanConfig,
@@ -38,34 +38,18 @@ pub struct Scanner {
 impl Scanner {
     pub fn new(
         clients: Arc<AwsClients>,
-        plan: Plan,
+        discovery: Discovery,
         matcher: Matcher,
         settings: ScanConfig,
         snapshot: SharedSnapshot,
     ) -> Scanner {
-        let access = plan
-            .accounts
-            .iter()
-            .map(|a| {
-                clients.account_access(
-                    a.label(),
-                    a.role_arn
-                        .as_ref()
-                        .map(|arn| (arn, a.external_id.as_deref())),
-                    a.session_duration,
-                )
-            })
-            .collect();
+        if discovery.pending() {
+            snapshot.write().pending_discovery = true;
+        }
         Scanner {
-            identity_checked: plan
-                .accounts
-                .iter()
-                .map(|_| AtomicBool::new(false))
-                .collect(),
+            identity_checked: std::sync::Mutex::new(HashSet::new()),
             clients,
-            accounts: plan.accounts,
-            access,
-            targets: plan.targets,
+            discovery: tokio::sync::Mutex::new(discovery),
             matcher,
             permits: Semaphore::new(settings.concurrency.0),
             settings,
@@ -84,17 +68,29 @@ impl Scanner {
     pub async fn run_round(&self) {
         let started = Instant::now();
         let concurrency = self.settings.concurrency.0;
-        let prepared: Vec<OnceCell<Result<(), AwsError>>> =
-            self.accounts.iter().map(|_| OnceCell::new()).collect();
-        futures::stream::iter(self.targets.iter().enumerate())
+        let fleet = self
+            .discovery
+            .lock()
+            .await
+            .plan_round(&self.clients, &self.snapshot, &self.permits, concurrency)
+            .await;
+        self.apply_plan(&fleet);
+        let prepared: Vec<OnceCell<Result<(), AwsError>>> = fleet
+            .plan
+            .accounts
+            .iter()
+            .map(|_| OnceCell::new())
+            .collect();
+        futures::stream::iter(fleet.plan.targets.iter().enumerate())
             .for_each_concurrent(concurrency, |(i, target)| {
                 let prepared = &prepared[target.account];
+                let fleet = &fleet;
                 async move {
                     let started = Instant::now();
                     let ready = prepared
-                        .get_or_init(|| self.prepare_account_in_time(target.account))
+                        .get_or_init(|| self.prepare_account_in_time(fleet, target.account))
                         .await;
-                    self.scan_target(i, target, ready, started).await
+                    self.scan_target(fleet, i, target, ready, started).await
                 }
             })
             .await;
@@ -130,9 +126,36 @@ impl Scanner {
         }
     }
 
-    async fn prepare_account_in_time(&self, index: usize) -> Result<(), AwsError> {
+    /// Lays the snapshot out for the round's plan, logging what changed.
+    fn apply_plan(&self, fleet: &Fleet) {
+        let mut snapshot = self.snapshot.write();
+        let before: Vec<String> = snapshot.accounts.iter().map(|a| a.key.clone()).collect();
+        let targets_before = snapshot.targets.len();
+        snapshot.apply_plan(&fleet.plan);
+        let added = fleet
+            .plan
+            .accounts
+            .iter()
+            .filter(|a| !before.contains(&a.key))
+            .count();
+        let removed = before
+            .iter()
+            .filter(|k| !fleet.plan.accounts.iter().any(|a| &a.key == *k))
+            .count();
+        if added > 0 || removed > 0 || targets_before != fleet.plan.targets.len() {
+            info!(
+                accounts = fleet.plan.accounts.len(),
+                targets = fleet.plan.targets.len(),
+                accounts_added = added,
+                accounts_removed = removed,
+                "scan plan changed"
+            );
+        }
+    }
+
+    async fn prepare_account_in_time(&self, fleet: &Fleet, index: usize) -> Result<(), AwsError> {
         let timeout = self.settings.timeout.0;
-        match tokio::time::timeout(timeout, self.prepare_account(index)).await {
+        match tokio::time::timeout(timeout, self.prepare_account(fleet, index)).await {
             Ok(result) => result,
             Err(_) => {
                 let e = AwsError::new(
@@ -144,7 +167,7 @@ impl Scanner {
                     ),
                 );
                 warn!(
-                    account = self.accounts[index].label(),
+                    account = fleet.plan.accounts[index].label(),
                     operation = e.operation,
                     error = %e.kind,
                     detail = %e.message,
@@ -157,10 +180,17 @@ impl Scanner {
     }
 
     /// Learns (or, for the default credentials, checks) the account ID and gets credentials.
-    async fn prepare_account(&self, index: usize) -> Result<(), AwsError> {
-        let spec = &self.accounts[index];
-        let needs_identity =
-            spec.role_arn.is_none() && !self.identity_checked[index].load(Ordering::Relaxed);
+    async fn prepare_account(&self, fleet: &Fleet, index: usize) -> Result<(), AwsError> {
+        if let Some(Some(e)) = fleet.blocked.get(index) {
+            return Err(e.clone());
+        }
+        let spec = &fleet.plan.accounts[index];
+        let needs_identity = spec.role_arn.is_none()
+            && !self
+                .identity_checked
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&spec.key);
         if needs_identity {
             match self.clients.default_account_id().await {
                 Ok(id) => {
@@ -177,7 +207,10 @@ impl Scanner {
                         warn!(account = spec.label(), detail = %e.message, "account ID mismatch; its targets are not scanned");
                         return Err(e);
                     }
-                    self.identity_checked[index].store(true, Ordering::Relaxed);
+                    self.identity_checked
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(spec.key.clone());
                     self.snapshot.write().set_account_id(index, id);
                 }
                 Err(e) => {
@@ -193,7 +226,7 @@ impl Scanner {
                 }
             }
         }
-        let access = &self.access[index];
+        let access = &fleet.access[index];
         match access.credentials().await {
             Ok(_) => Ok(()),
             Err(e) => {
@@ -214,6 +247,7 @@ impl Scanner {
     /// Scans one target; `started` is when it began waiting for its account's preparation.
     async fn scan_target(
         &self,
+        fleet: &Fleet,
         index: usize,
         target: &Target,
         ready: &Result<(), AwsError>,
@@ -226,15 +260,35 @@ impl Scanner {
                 .record_failure(index, e.clone(), duration);
             return;
         }
-        let access = &self.access[target.account];
+        let access = &fleet.access[target.account];
         let kms = self.clients.kms(&target.region);
         let fanout = self.settings.concurrency.0.min(MAX_FANOUT);
-        let scan = access.scope(inventory::scan_target(
-            &kms,
-            &self.matcher,
-            &self.permits,
-            fanout,
-        ));
+        let tag_usage = async {
+            if !self.matcher.checks_tag_in_use() {
+                return None;
+            }
+            let tagging = self.clients.tagging(&target.region);
+            Some(tag_usage::tag_key_in_use(&tagging, &self.matcher, &self.permits).await)
+        };
+        let scan = access.scope(async {
+            let (inventory, tag_in_use) = futures::join!(
+                inventory::scan_target(&kms, &self.matcher, &self.permits, fanout),
+                tag_usage
+            );
+            inventory.map(|mut inventory| {
+                // Tag usage is secondary: its failure is counted, and only matters for
+                // match.require = "when_tag_in_use" (the verdict then says so).
+                let tag_in_use = match tag_in_use {
+                    Some(Ok(in_use)) => Some(in_use),
+                    Some(Err(e)) => {
+                        inventory.soft_errors.push(e);
+                        None
+                    }
+                    None => None,
+                };
+                (inventory, tag_in_use)
+            })
+        });
         let result = match tokio::time::timeout(self.settings.timeout.0, scan).await {
             Ok(result) => result,
             Err(_) => Err(AwsError::new(
@@ -250,7 +304,7 @@ impl Scanner {
         let account = access.label();
         let region = target.region.as_str();
         match result {
-            Ok(inventory) => {
+            Ok((inventory, tag_in_use)) => {
                 for e in &inventory.soft_errors {
                     warn!(
                         account,
@@ -259,10 +313,14 @@ impl Scanner {
                         error = %e.kind,
                         detail = %e.message,
                         hint = e.kind.hint(),
-                        "a key could not be fully read"
+                        "a secondary call failed (a key not fully read, or the tag keys); the scan goes on"
                     );
                 }
-                let verdict = evaluate(&inventory.keys, &self.matcher);
+                let verdict = apply_requirement(
+                    evaluate(&inventory.keys, &self.matcher),
+                    &self.matcher,
+                    tag_in_use,
+                );
                 tracing::debug!(account, region, verdict = verdict.status.as_str(), detail = %verdict.message, "target scanned");
                 self.snapshot.write().record_success(
                     index,
@@ -288,7 +346,7 @@ impl Scanner {
     }
 }
 
-fn unix_now() -> f64 {
+pub(crate) fn unix_now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or(Duration::ZERO)

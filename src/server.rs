@@ -274,8 +274,13 @@ fn route(req: &Request<Incoming>, state: &AppState) -> Response<Full<Bytes>> {
             let snapshot = state.snapshot.read();
             let scanned = snapshot.targets.iter().filter(|t| t.scanned).count();
             let total = snapshot.targets.len();
-            if scanned == total {
+            if snapshot.all_scanned() {
                 text(StatusCode::OK, "ready\n")
+            } else if snapshot.pending_discovery {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: accounts and regions are being discovered\n",
+                )
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,

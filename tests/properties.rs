@@ -58,6 +58,9 @@ fn toml_value() -> impl Strategy<Value = String> {
             "\"123456789012\"",
             "\"/metrics\"",
             "\"0.0.0.0:1\"",
+            "\"all\"",
+            "\"when_tag_in_use\"",
+            "\"AppTierCmkScanner\"",
             "\"\"",
         ])
         .prop_map(str::to_owned),
@@ -75,10 +78,11 @@ fn toml_value() -> impl Strategy<Value = String> {
 }
 
 /// Every key of the configuration, as (table, key).
-const KEYS: [(&str, &str); 17] = [
+const KEYS: [(&str, &str); 29] = [
     ("", "listen_address"),
     ("", "metrics_path"),
     ("", "regions"),
+    ("", "exclude_regions"),
     ("scan", "interval"),
     ("scan", "timeout"),
     ("scan", "concurrency"),
@@ -86,12 +90,23 @@ const KEYS: [(&str, &str); 17] = [
     ("match", "tag_values"),
     ("match", "case_insensitive"),
     ("match", "key_states"),
+    ("match", "require"),
+    ("match", "check_tag_in_use"),
     ("[accounts]", "name"),
     ("[accounts]", "account_id"),
     ("[accounts]", "role_arn"),
     ("[accounts]", "external_id"),
     ("[accounts]", "session_duration"),
     ("[accounts]", "regions"),
+    ("[accounts]", "exclude_regions"),
+    ("organization", "enabled"),
+    ("organization", "role_name"),
+    ("organization", "external_id"),
+    ("organization", "include"),
+    ("organization", "exclude"),
+    ("organization", "refresh_interval"),
+    ("organization", "regions"),
+    ("organization", "exclude_regions"),
     ("", "unknown_key"),
 ];
 
@@ -194,7 +209,7 @@ proptest! {
         }
         let config = load(&text).map_err(|e| TestCaseError::fail(format!("{e}\n{text}")))?;
         assert_valid(&config);
-        prop_assert_eq!(config.regions.len(), regions.len());
+        prop_assert_eq!(config.regions.listed().len(), regions.len());
         prop_assert_eq!(config.scan.concurrency.0, concurrency as usize);
         prop_assert_eq!(config.scan.interval.0.as_secs(), interval);
         prop_assert_eq!(&config.matching.tag_key.0, &tag_key);

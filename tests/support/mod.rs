@@ -71,6 +71,7 @@
 #![allow(dead_code)]
 
 pub mod fault_proxy;
+pub mod fleet;
 pub mod web;
 
 use std::collections::BTreeMap;
