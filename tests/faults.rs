@@ -172,11 +172,11 @@ async fn a_stalled_region_times_out_while_the_others_finish_in_time() {
         stall: Some((WEST.to_owned(), Duration::from_secs(30))),
         ..Faults::default()
     });
-    let exporter = start_exporter(
-        &config(&[EAST, WEST, "ap-southeast-2"], "5s", "2s"),
-        &proxy.endpoint(),
-    )
-    .await;
+    // Only KMS calls, so that the durations compare like with like (moto's tag:GetTagKeys takes
+    // most of a second by itself).
+    let config =
+        config(&[EAST, WEST, "ap-southeast-2"], "5s", "3s") + "[match]\ncheck_tag_in_use = false\n";
+    let exporter = start_exporter(&config, &proxy.endpoint()).await;
     let body = exporter
         .wait_until(
             |m| {
@@ -195,13 +195,13 @@ async fn a_stalled_region_times_out_while_the_others_finish_in_time() {
     assert_eq!(value(&body, "app_tier_cmk_scan_success", WEST), Some(0.0));
     let stalled = value(&body, "app_tier_cmk_scan_duration_seconds", WEST).expect("duration");
     assert!(
-        (1.9..4.0).contains(&stalled),
+        (2.9..6.0).contains(&stalled),
         "stalled target took {stalled}s"
     );
     for region in [EAST, "ap-southeast-2"] {
         let took = value(&body, "app_tier_cmk_scan_duration_seconds", region).expect("duration");
         assert!(
-            took < 1.5,
+            took < 2.0,
             "{region} waited for the stalled region: {took}s"
         );
         assert_eq!(value(&body, "app_tier_cmk_present", region), Some(1.0));
