@@ -286,10 +286,11 @@ impl Daemon {
                 }
                 // After the exit check: a 200 from a process that lost the port
                 // to another server must not count.
-                if let Ok(resp) = client.get(ready.clone()).send().await {
-                    if resp.status().is_success() && child.try_wait().ok().flatten().is_none() {
-                        break true;
-                    }
+                if let Ok(resp) = client.get(ready.clone()).send().await
+                    && resp.status().is_success()
+                    && child.try_wait().ok().flatten().is_none()
+                {
+                    break true;
                 }
                 if Instant::now() >= deadline {
                     panic!(
@@ -752,17 +753,15 @@ async fn missing_cmk_alert_reaches_alertmanager_and_resolves_when_a_key_is_tagge
     let deadline = Instant::now() + RESOLVE_TIMEOUT;
     let (mut exporter_saw_it, mut prometheus_resolved) = (false, false);
     loop {
-        if !exporter_saw_it {
-            if let Ok((200, body)) = stack.exporter.try_get("/metrics").await {
-                let present = sample_value(
-                    &body,
-                    "app_tier_cmk_present",
-                    &[("account", DEFAULT_ACCOUNT), ("region", WEST)],
-                );
-                if present == Some(1.0) {
-                    exporter_saw_it = true;
-                    stack.clock.mark(&format!("exporter: present {WEST} = 1"));
-                }
+        if !exporter_saw_it && let Ok((200, body)) = stack.exporter.try_get("/metrics").await {
+            let present = sample_value(
+                &body,
+                "app_tier_cmk_present",
+                &[("account", DEFAULT_ACCOUNT), ("region", WEST)],
+            );
+            if present == Some(1.0) {
+                exporter_saw_it = true;
+                stack.clock.mark(&format!("exporter: present {WEST} = 1"));
             }
         }
         if let Ok(alerts) = prometheus.prometheus_alerts().await {

@@ -223,10 +223,10 @@ impl Moto {
         let url = format!("{}/moto-api/", moto.endpoint());
         let deadline = Instant::now() + MOTO_START_TIMEOUT;
         loop {
-            if let Ok(resp) = client.get(&url).send().await {
-                if resp.status().is_success() {
-                    return Ok(moto);
-                }
+            if let Ok(resp) = client.get(&url).send().await
+                && resp.status().is_success()
+            {
+                return Ok(moto);
             }
             if let Ok(Some(_status)) = moto.child.try_wait() {
                 return Err(moto.logs());
