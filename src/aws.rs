@@ -1,4 +1,4 @@
-//! AWS plumbing: one KMS (and tagging API) client per region shared by every account, credentials per account
+//! AWS plumbing: one KMS client per region shared by every account, credentials per account
 //! (default chain or AssumeRole, cached and refreshed before expiry), error classification and
 //! the request counter.
 //!
@@ -52,6 +52,8 @@ pub struct AwsClients {
     kms_by_region: Mutex<HashMap<String, aws_sdk_kms::Client>>,
     tagging_by_region: Mutex<HashMap<String, aws_sdk_resourcegroupstagging::Client>>,
     requests: RequestCounter,
+    /// Region of the global APIs (Organizations, Account): the SDK's default, or a fallback.
+    home_region: String,
 }
 
 impl AwsClients {
@@ -78,12 +80,14 @@ impl AwsClients {
             .await;
         let requests = RequestCounter(requests_total);
         let mut sts = aws_sdk_sts::config::Builder::from(&base).interceptor(requests.clone());
+        let home_region = base.region().map(|r| r.to_string()).unwrap_or_else(|| {
+            fallback_region
+                .map_or("us-east-1", |r| r.as_str())
+                .to_owned()
+        });
         if base.region().is_none() {
             // STS needs a region to sign; any region's endpoint serves AssumeRole.
-            let region = fallback_region
-                .map_or("us-east-1", |r| r.as_str())
-                .to_owned();
-            sts = sts.region(aws_sdk_sts::config::Region::new(region));
+            sts = sts.region(aws_sdk_sts::config::Region::new(home_region.clone()));
         }
         AwsClients {
             sts: aws_sdk_sts::Client::from_conf(sts.build()),
@@ -91,6 +95,7 @@ impl AwsClients {
             kms_by_region: Mutex::new(HashMap::new()),
             tagging_by_region: Mutex::new(HashMap::new()),
             requests,
+            home_region,
         }
     }
 
@@ -113,7 +118,7 @@ impl AwsClients {
                     .credentials_provider(ScopedCredentials)
                     // Each account caches its own credentials; the SDK's cache would mix them.
                     .identity_cache(IdentityCache::no_cache())
-                    .interceptor(AccountRetryPartition(Service::Kms))
+                    .interceptor(AccountRetryPartition)
                     .interceptor(self.requests.clone())
                     .build();
                 aws_sdk_kms::Client::from_conf(config)
@@ -121,8 +126,12 @@ impl AwsClients {
             .clone()
     }
 
-    /// The Resource Groups Tagging API client of `region` (`scan.discovery = "tagging"`),
-    /// created on first use and shared by every account like [`AwsClients::kms`].
+    /// Region of the global APIs, and where an account whose regions are unknown is reported.
+    pub fn home_region(&self) -> &str {
+        &self.home_region
+    }
+
+    /// The Resource Groups Tagging API client of `region` (tag:GetTagKeys), shared like KMS's.
     pub fn tagging(&self, region: &Region) -> aws_sdk_resourcegroupstagging::Client {
         let mut clients = self
             .tagging_by_region
@@ -137,7 +146,7 @@ impl AwsClients {
                     ))
                     .credentials_provider(ScopedCredentials)
                     .identity_cache(IdentityCache::no_cache())
-                    .interceptor(AccountRetryPartition(Service::Tagging))
+                    .interceptor(AccountRetryPartition)
                     .interceptor(self.requests.clone())
                     .build();
                 aws_sdk_resourcegroupstagging::Client::from_conf(config)
@@ -145,24 +154,50 @@ impl AwsClients {
             .clone()
     }
 
+    /// An Account API client (account:ListRegions) with the credentials of the account in scope.
+    pub fn account_api(&self) -> aws_sdk_account::Client {
+        let config = aws_sdk_account::config::Builder::from(&self.base)
+            .region(aws_sdk_account::config::Region::new(
+                self.home_region.clone(),
+            ))
+            .credentials_provider(ScopedCredentials)
+            .identity_cache(IdentityCache::no_cache())
+            .interceptor(AccountRetryPartition)
+            .interceptor(self.requests.clone())
+            .build();
+        aws_sdk_account::Client::from_conf(config)
+    }
+
+    /// An Organizations client with the default credentials (management or delegated admin).
+    pub fn organizations(&self) -> aws_sdk_organizations::Client {
+        let config = aws_sdk_organizations::config::Builder::from(&self.base)
+            .region(aws_sdk_organizations::config::Region::new(
+                self.home_region.clone(),
+            ))
+            .interceptor(self.requests.clone())
+            .build();
+        aws_sdk_organizations::Client::from_conf(config)
+    }
+
     /// Access to one account: AssumeRole when `role` is set, else the default credentials.
+    /// `session_duration` is asked for AssumeRole sessions (None: AWS's default).
     pub fn account_access(
         &self,
         label: String,
         role: Option<(&RoleArn, Option<&str>)>,
+        session_duration: Option<Duration>,
     ) -> Arc<AccountAccess> {
         let source = match role {
             Some((arn, external_id)) => CredentialSource::AssumeRole {
                 sts: self.sts.clone(),
                 role_arn: arn.as_str().to_owned(),
                 external_id: external_id.map(str::to_owned),
+                session_duration,
             },
             None => CredentialSource::Default(self.base.credentials_provider()),
         };
         Arc::new(AccountAccess {
             retry_partition: RetryPartition::new(format!("kms-{label}")),
-            // The tagging API has its own quotas: its own retry budget.
-            tagging_retry_partition: RetryPartition::new(format!("tagging-{label}")),
             label,
             source,
             cached: tokio::sync::Mutex::new(None),
@@ -194,6 +229,7 @@ enum CredentialSource {
         sts: aws_sdk_sts::Client,
         role_arn: String,
         external_id: Option<String>,
+        session_duration: Option<Duration>,
     },
 }
 
@@ -202,7 +238,6 @@ pub struct AccountAccess {
     label: String,
     source: CredentialSource,
     retry_partition: RetryPartition,
-    tagging_retry_partition: RetryPartition,
     cached: tokio::sync::Mutex<Option<(Credentials, SystemTime)>>,
 }
 
@@ -242,7 +277,8 @@ impl AccountAccess {
                 sts,
                 role_arn,
                 external_id,
-            } => assume_role(sts, role_arn, external_id.as_deref()).await?,
+                session_duration,
+            } => assume_role(sts, role_arn, external_id.as_deref(), *session_duration).await?,
         };
         *cached = Some((fresh.clone(), issued));
         Ok(fresh)
@@ -270,12 +306,14 @@ async fn assume_role(
     sts: &aws_sdk_sts::Client,
     role_arn: &str,
     external_id: Option<&str>,
+    session_duration: Option<Duration>,
 ) -> Result<Credentials, AwsError> {
     let out = sts
         .assume_role()
         .role_arn(role_arn)
         .role_session_name(SESSION_NAME)
         .set_external_id(external_id.map(str::to_owned))
+        .set_duration_seconds(session_duration.and_then(|d| i32::try_from(d.as_secs()).ok()))
         .send()
         .await
         .map_err(|e| {
@@ -324,17 +362,10 @@ impl ProvideCredentials for ScopedCredentials {
     }
 }
 
-/// The services whose shared clients carry per-account retry partitions.
-#[derive(Clone, Copy, Debug)]
-enum Service {
-    Kms,
-    Tagging,
-}
-
-/// Puts the scoped account's retry partition (for the client's service) in the request's
-/// config, before the retry strategy picks its token bucket.
+/// Puts the scoped account's retry partition in the request's config, before the retry
+/// strategy picks its token bucket.
 #[derive(Debug)]
-struct AccountRetryPartition(Service);
+struct AccountRetryPartition;
 
 impl Intercept for AccountRetryPartition {
     fn name(&self) -> &'static str {
@@ -347,11 +378,7 @@ impl Intercept for AccountRetryPartition {
         _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
-        let partition = CURRENT_ACCOUNT.try_with(|a| match self.0 {
-            Service::Kms => a.retry_partition.clone(),
-            Service::Tagging => a.tagging_retry_partition.clone(),
-        });
-        if let Ok(partition) = partition {
+        if let Ok(partition) = CURRENT_ACCOUNT.try_with(|a| a.retry_partition.clone()) {
             cfg.interceptor_state().store_put(partition);
         }
         Ok(())

@@ -28,13 +28,18 @@ pub const DEFAULT_PORT: u16 = 10711;
 pub struct Config {
     pub listen_address: ListenAddress,
     pub metrics_path: MetricsPath,
-    /// Regions for accounts that name none. Empty: the SDK's default region.
-    pub regions: Vec<Region>,
+    /// Regions for accounts that name none: a list, or "all" (the enabled regions). Empty
+    /// list: the SDK's default region.
+    pub regions: RegionSelection,
+    /// Regions never scanned, whatever `regions` says (inherited like `regions`).
+    pub exclude_regions: Vec<Region>,
     pub scan: ScanConfig,
     #[serde(rename = "match")]
     pub matching: MatchConfig,
-    /// Accounts to scan. Empty: the account of the default credentials.
+    /// Accounts to scan. Empty (and no organization): the account of the default credentials.
     pub accounts: Vec<AccountConfig>,
+    /// The accounts of an AWS Organization, listed and refreshed at run time.
+    pub organization: Option<OrganizationConfig>,
     /// This replica's shard, 0 to `total_shards - 1` (`--shard` overrides).
     pub shard: u32,
     /// Number of replicas that share the accounts (`--total-shards` overrides).
@@ -46,10 +51,12 @@ impl Default for Config {
         Config {
             listen_address: ListenAddress(SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT))),
             metrics_path: MetricsPath("/metrics".to_owned()),
-            regions: Vec::new(),
+            regions: RegionSelection::default(),
+            exclude_regions: Vec::new(),
             scan: ScanConfig::default(),
             matching: MatchConfig::default(),
             accounts: Vec::new(),
+            organization: None,
             shard: 0,
             total_shards: 1,
         }
@@ -66,13 +73,13 @@ pub struct ScanConfig {
     /// AWS calls in flight across all targets.
     pub concurrency: Concurrency,
     /// How candidate keys are found.
-    pub discovery: Discovery,
+    pub discovery: KeyDiscovery,
 }
 
 /// How a scan finds the keys that may carry the App-Tier tag.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-pub enum Discovery {
+pub enum KeyDiscovery {
     /// Every key of the region: ListKeys, ListAliases, ListResourceTags per customer key.
     #[default]
     Kms,
@@ -87,7 +94,7 @@ impl Default for ScanConfig {
             interval: PositiveDuration(Duration::from_secs(300)),
             timeout: PositiveDuration(Duration::from_secs(120)),
             concurrency: Concurrency(16),
-            discovery: Discovery::Kms,
+            discovery: KeyDiscovery::Kms,
         }
     }
 }
@@ -100,6 +107,11 @@ pub struct MatchConfig {
     pub tag_values: Vec<String>,
     pub case_insensitive: bool,
     pub key_states: Vec<KeyStateName>,
+    /// Where the key is required: everywhere, or only where the tag key is in use.
+    pub require: Requirement,
+    /// Read the region's tag keys (tag:GetTagKeys) for `app_tier_cmk_tag_in_use`. Off by
+    /// default (one more call and IAM action per target); implied by `when_tag_in_use`.
+    pub check_tag_in_use: bool,
 }
 
 impl Default for MatchConfig {
@@ -109,7 +121,161 @@ impl Default for MatchConfig {
             tag_values: Vec::new(),
             case_insensitive: false,
             key_states: vec![KeyStateName("Enabled".to_owned())],
+            require: Requirement::Always,
+            check_tag_in_use: false,
         }
+    }
+}
+
+/// `match.require`: where an App-Tier key must exist.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    /// In every scanned account and region.
+    #[default]
+    Always,
+    /// Only where some resource of the region carries the tag key (CloudSploit's rule).
+    WhenTagInUse,
+}
+
+/// `[organization]`: scan the active accounts of an AWS Organization.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OrganizationConfig {
+    /// `false` keeps the section without using it.
+    pub enabled: bool,
+    /// Role assumed in every member account (same name everywhere).
+    pub role_name: Option<RoleName>,
+    pub external_id: Option<String>,
+    /// Only these accounts (empty: all).
+    pub include: Vec<AccountId>,
+    /// Never these accounts.
+    pub exclude: Vec<AccountId>,
+    /// How often the account list (and the enabled regions) are read again.
+    pub refresh_interval: PositiveDuration,
+    /// Absent: the top-level `regions`.
+    pub regions: Option<RegionSelection>,
+    /// Absent: the top-level `exclude_regions`.
+    pub exclude_regions: Option<Vec<Region>>,
+}
+
+/// Default of `organization.refresh_interval`, also the refresh of enabled-region lists.
+pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl Default for OrganizationConfig {
+    fn default() -> Self {
+        OrganizationConfig {
+            enabled: true,
+            role_name: None,
+            external_id: None,
+            include: Vec::new(),
+            exclude: Vec::new(),
+            refresh_interval: PositiveDuration(DEFAULT_REFRESH_INTERVAL),
+            regions: None,
+            exclude_regions: None,
+        }
+    }
+}
+
+/// `regions`: a list of region names, or the string "all" (the account's enabled regions).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegionSelection {
+    Listed(Vec<Region>),
+    AllEnabled,
+}
+
+impl Default for RegionSelection {
+    fn default() -> Self {
+        RegionSelection::Listed(Vec::new())
+    }
+}
+
+impl From<Vec<Region>> for RegionSelection {
+    fn from(regions: Vec<Region>) -> Self {
+        RegionSelection::Listed(regions)
+    }
+}
+
+impl RegionSelection {
+    /// The listed regions (none for "all").
+    pub fn listed(&self) -> &[Region] {
+        match self {
+            RegionSelection::Listed(regions) => regions,
+            RegionSelection::AllEnabled => &[],
+        }
+    }
+}
+
+impl Serialize for RegionSelection {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RegionSelection::Listed(regions) => regions.serialize(serializer),
+            RegionSelection::AllEnabled => serializer.serialize_str("all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for RegionSelection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = RegionSelection;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a list of regions, e.g. [\"us-east-1\"], or the string \"all\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                if value == "all" {
+                    Ok(RegionSelection::AllEnabled)
+                } else {
+                    Err(E::custom(format!(
+                        "{value:?} is neither a list of regions nor \"all\"; write e.g. [\"{value}\"] or \"all\""
+                    )))
+                }
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut regions = Vec::new();
+                while let Some(region) = seq.next_element::<Region>()? {
+                    regions.push(region);
+                }
+                Ok(RegionSelection::Listed(regions))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// An IAM role name, optionally with a path: `AppTierCmkScanner`, `security/AppTierCmkScanner`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct RoleName(pub String);
+
+impl TryFrom<String> for RoleName {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        let name = value.rsplit('/').next().unwrap_or("");
+        let ok = !name.is_empty()
+            && name.len() <= 64
+            && !value.starts_with('/')
+            && !value.contains("//")
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c));
+        if ok {
+            Ok(RoleName(value))
+        } else {
+            Err(format!(
+                "{value:?} is not an IAM role name; write e.g. \"AppTierCmkScanner\" (the same role in every member account)"
+            ))
+        }
+    }
+}
+
+impl From<RoleName> for String {
+    fn from(value: RoleName) -> String {
+        value.0
     }
 }
 
@@ -123,8 +289,12 @@ pub struct AccountConfig {
     /// Role to assume; absent: the default credentials.
     pub role_arn: Option<RoleArn>,
     pub external_id: Option<String>,
+    /// Lifetime asked for the assumed role's session (AWS: 15m to 12h); absent: AWS's 1h.
+    pub session_duration: Option<SessionDuration>,
     /// Absent: the top-level `regions`.
-    pub regions: Option<Vec<Region>>,
+    pub regions: Option<RegionSelection>,
+    /// Absent: the top-level `exclude_regions`.
+    pub exclude_regions: Option<Vec<Region>>,
 }
 
 /// `host:port` to listen on.
@@ -155,7 +325,7 @@ pub struct MetricsPath(pub String);
 impl TryFrom<String> for MetricsPath {
     type Error = String;
     fn try_from(value: String) -> Result<Self, String> {
-        let reserved = ["/", "/healthz", "/readyz"];
+        let reserved = ["/", "/healthz", "/readyz", "/-/reload"];
         if !value.starts_with('/') || value.contains(['?', '#', ' ']) {
             Err(format!(
                 "{value:?} is not an HTTP path; write e.g. \"/metrics\""
@@ -196,6 +366,34 @@ impl TryFrom<String> for PositiveDuration {
 
 impl From<PositiveDuration> for String {
     fn from(value: PositiveDuration) -> String {
+        humantime::format_duration(value.0).to_string()
+    }
+}
+
+/// An AssumeRole session duration within AWS's bounds, 15 minutes to 12 hours.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct SessionDuration(pub Duration);
+
+impl TryFrom<String> for SessionDuration {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        match humantime::parse_duration(value.trim()) {
+            Ok(d) if (Duration::from_secs(900)..=Duration::from_secs(43_200)).contains(&d) => {
+                Ok(SessionDuration(d))
+            }
+            Ok(_) => Err(format!(
+                "{value:?} is outside AWS's AssumeRole bounds; use \"15m\" to \"12h\" (the role's maximum session duration applies too)"
+            )),
+            Err(e) => Err(format!(
+                "{value:?} is not a duration ({e}); write e.g. \"1h\""
+            )),
+        }
+    }
+}
+
+impl From<SessionDuration> for String {
+    fn from(value: SessionDuration) -> String {
         humantime::format_duration(value.0).to_string()
     }
 }
@@ -461,11 +659,11 @@ impl Config {
 
     /// Checks that span several keys (serde checked each value alone).
     fn check_consistency(&self, figment: &Figment) -> Result<(), ConfigError> {
-        let source = |key: &str| {
-            figment
-                .find_metadata(key)
-                .map(source_name_of)
-                .unwrap_or_else(|| "configuration".to_owned())
+        // Names the file, or the variable that set `key`.
+        let source = |key: &str| match figment.find_metadata(key) {
+            Some(md) if md.name.contains("environment") => env_var_source(key),
+            Some(md) => source_name_of(md),
+            None => "configuration".to_owned(),
         };
         let mut seen_accounts = BTreeSet::new();
         let mut default_credentials = 0;
@@ -474,7 +672,7 @@ impl Config {
                 && id != arn.account()
             {
                 return Err(ConfigError(format!(
-                    "{}: key `accounts[{i}].account_id`: {:?} does not match the account {} of role_arn {:?}",
+                    "{}: key `accounts.{i}.account_id`: {:?} does not match the account {} of role_arn {:?}",
                     source("accounts"),
                     id.0,
                     arn.account(),
@@ -483,9 +681,15 @@ impl Config {
             }
             if account.role_arn.is_none() {
                 default_credentials += 1;
+                if account.session_duration.is_some() {
+                    return Err(ConfigError(format!(
+                        "{}: key `accounts.{i}.session_duration`: set without role_arn; it applies to AssumeRole sessions only",
+                        source("accounts")
+                    )));
+                }
                 if account.external_id.is_some() {
                     return Err(ConfigError(format!(
-                        "{}: key `accounts[{i}].external_id`: set without role_arn; the external ID is only sent with AssumeRole",
+                        "{}: key `accounts.{i}.external_id`: set without role_arn; the external ID is only sent with AssumeRole",
                         source("accounts")
                     )));
                 }
@@ -497,14 +701,21 @@ impl Config {
                 .unwrap_or_else(|| "default credentials".to_owned());
             if !seen_accounts.insert(identity.clone()) {
                 return Err(ConfigError(format!(
-                    "{}: key `accounts[{i}]`: {identity:?} is listed twice",
+                    "{}: key `accounts.{i}`: {identity:?} is listed twice",
                     source("accounts")
                 )));
             }
             if let Some(regions) = &account.regions {
                 check_unique_regions(
+                    regions.listed(),
+                    &format!("accounts.{i}.regions"),
+                    &source("accounts"),
+                )?;
+            }
+            if let Some(regions) = &account.exclude_regions {
+                check_unique_regions(
                     regions,
-                    &format!("accounts[{i}].regions"),
+                    &format!("accounts.{i}.exclude_regions"),
                     &source("accounts"),
                 )?;
             }
@@ -515,7 +726,15 @@ impl Config {
                 source("accounts")
             )));
         }
-        check_unique_regions(&self.regions, "regions", &source("regions"))?;
+        check_unique_regions(self.regions.listed(), "regions", &source("regions"))?;
+        check_unique_regions(
+            &self.exclude_regions,
+            "exclude_regions",
+            &source("exclude_regions"),
+        )?;
+        if let Some(org) = &self.organization {
+            org.check(&source("organization"))?;
+        }
         let mut states = BTreeSet::new();
         for state in &self.matching.key_states {
             if !states.insert(&state.0) {
@@ -549,6 +768,38 @@ impl Config {
     }
 }
 
+impl OrganizationConfig {
+    fn check(&self, source: &str) -> Result<(), ConfigError> {
+        if self.enabled && self.role_name.is_none() {
+            return Err(ConfigError(format!(
+                "{source}: key `organization.role_name`: missing; name the role to assume in every member account, e.g. \"AppTierCmkScanner\""
+            )));
+        }
+        for (key, ids) in [("include", &self.include), ("exclude", &self.exclude)] {
+            let mut seen = BTreeSet::new();
+            for id in ids {
+                if !seen.insert(id) {
+                    return Err(ConfigError(format!(
+                        "{source}: key `organization.{key}`: account {id} is listed twice"
+                    )));
+                }
+            }
+        }
+        if let Some(id) = self.include.iter().find(|id| self.exclude.contains(id)) {
+            return Err(ConfigError(format!(
+                "{source}: keys `organization.include` and `organization.exclude`: account {id} is in both"
+            )));
+        }
+        if let Some(regions) = &self.regions {
+            check_unique_regions(regions.listed(), "organization.regions", source)?;
+        }
+        if let Some(regions) = &self.exclude_regions {
+            check_unique_regions(regions, "organization.exclude_regions", source)?;
+        }
+        Ok(())
+    }
+}
+
 fn check_unique_regions(regions: &[Region], key: &str, source: &str) -> Result<(), ConfigError> {
     let mut seen = BTreeSet::new();
     for region in regions {
@@ -560,6 +811,17 @@ fn check_unique_regions(regions: &[Region], key: &str, source: &str) -> Result<(
         }
     }
     Ok(())
+}
+
+/// "environment variable APP_TIER_CMK_X__Y" for the key path "x.y" (list indexes dropped:
+/// a list is set by one variable).
+fn env_var_source(key: &str) -> String {
+    let parts: Vec<String> = key
+        .split('.')
+        .take_while(|p| !p.bytes().all(|b| b.is_ascii_digit()))
+        .map(|p| p.to_ascii_uppercase())
+        .collect();
+    format!("environment variable {ENV_PREFIX}{}", parts.join("__"))
 }
 
 /// "config file PATH" or "environment variable NAME" for a figment source.
@@ -579,10 +841,7 @@ fn describe_figment_error(error: figment::Error, path: Option<&Path>) -> ConfigE
         .map(|e| {
             let key = e.path.join(".");
             let source = match &e.metadata {
-                Some(md) if md.name.contains("environment") => {
-                    let var: Vec<String> = e.path.iter().map(|p| p.to_ascii_uppercase()).collect();
-                    format!("environment variable {ENV_PREFIX}{}", var.join("__"))
-                }
+                Some(md) if md.name.contains("environment") => env_var_source(&key),
                 Some(md) => source_name_of(md),
                 None => path
                     .map(|p| format!("config file {}", p.display()))
@@ -785,6 +1044,138 @@ regions = ["us-west-2"]
     }
 
     #[test]
+    fn session_duration_must_be_within_aws_bounds() {
+        let arn = "role_arn = \"arn:aws:iam::111111111111:role/r\"";
+        let config = load_str(&format!(
+            "[[accounts]]\n{arn}\nsession_duration = \"15m\"\n"
+        ))
+        .expect("15m is AWS's minimum");
+        assert_eq!(
+            config.accounts[0].session_duration,
+            Some(SessionDuration(Duration::from_secs(900)))
+        );
+        for bad in ["14m", "13h", "soon"] {
+            let e = error_of(&format!(
+                "[[accounts]]\n{arn}\nsession_duration = \"{bad}\"\n"
+            ));
+            assert!(e.contains("session_duration") && e.contains(bad), "{e}");
+        }
+        let e = error_of("[[accounts]]\nsession_duration = \"1h\"\n");
+        assert!(e.contains("without role_arn"), "{e}");
+    }
+
+    #[test]
+    fn regions_all_is_accepted_everywhere() {
+        let config = load_str(
+            r#"
+regions = "all"
+exclude_regions = ["ap-east-1"]
+[[accounts]]
+role_arn = "arn:aws:iam::111111111111:role/r"
+regions = ["us-east-1"]
+[[accounts]]
+role_arn = "arn:aws:iam::222222222222:role/r"
+regions = "all"
+exclude_regions = []
+[organization]
+role_name = "AppTierCmkScanner"
+regions = "all"
+"#,
+        )
+        .expect("valid");
+        assert_eq!(config.regions, RegionSelection::AllEnabled);
+        assert_eq!(
+            config.accounts[1].regions,
+            Some(RegionSelection::AllEnabled)
+        );
+        assert_eq!(config.exclude_regions.len(), 1);
+    }
+
+    #[test]
+    fn regions_as_a_bare_string_says_what_to_write() {
+        let e = error_of("regions = \"us-east-1\"\n");
+        assert!(
+            e.contains("regions") && e.contains("\"all\"") && e.contains("[\"us-east-1\"]"),
+            "{e}"
+        );
+        let e = error_of("regions = [\"us-east-01\"]\n");
+        assert!(e.contains("us-east-01"), "{e}");
+    }
+
+    #[test]
+    fn organization_section_parses_with_defaults() {
+        let config =
+            load_str("[organization]\nrole_name = \"OrgScanner\"\ninclude = [\"111111111111\"]\n")
+                .expect("valid");
+        let org = config.organization.expect("organization");
+        assert!(org.enabled);
+        assert_eq!(org.refresh_interval.0, DEFAULT_REFRESH_INTERVAL);
+        assert_eq!(org.role_name, Some(RoleName("OrgScanner".to_owned())));
+    }
+
+    #[test]
+    fn organization_needs_a_role_name_unless_disabled() {
+        let e = error_of("[organization]\nrefresh_interval = \"10m\"\n");
+        assert!(e.contains("organization.role_name"), "{e}");
+        load_str("[organization]\nenabled = false\n").expect("disabled needs no role");
+    }
+
+    #[test]
+    fn organization_account_lists_are_validated() {
+        let e = error_of("[organization]\nrole_name = \"r\"\nexclude = [\"12\"]\n");
+        assert!(e.contains("exclude") && e.contains("12 digits"), "{e}");
+        let e = error_of(
+            "[organization]\nrole_name = \"r\"\ninclude = [\"111111111111\"]\nexclude = [\"111111111111\"]\n",
+        );
+        assert!(e.contains("both"), "{e}");
+        let e = error_of("[organization]\nrole_name = \"bad role\"\n");
+        assert!(e.contains("role_name") && e.contains("bad role"), "{e}");
+    }
+
+    #[test]
+    fn require_takes_two_values() {
+        let config = load_str("[match]\nrequire = \"when_tag_in_use\"\n").expect("valid");
+        assert_eq!(config.matching.require, Requirement::WhenTagInUse);
+        let e = error_of("[match]\nrequire = \"sometimes\"\n");
+        assert!(
+            e.contains("match.require") && e.contains("when_tag_in_use"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn example_config_parses_with_and_without_its_organization_section() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        let text = std::fs::read_to_string(&path).expect("read example");
+        load_str(&text).expect("example.toml is valid");
+        // The commented [organization] block at the end, uncommented.
+        let block = text.find("# [organization]").expect("organization block");
+        let uncommented = format!(
+            "{}{}",
+            &text[..block],
+            text[block..]
+                .lines()
+                .map(|l| l.strip_prefix("# ").unwrap_or(l))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        let config = load_str(&uncommented).expect("example.toml with [organization] is valid");
+        assert!(config.organization.is_some());
+    }
+
+    #[test]
+    fn variable_names_drop_list_indexes() {
+        assert_eq!(
+            env_var_source("regions.1"),
+            "environment variable APP_TIER_CMK_REGIONS"
+        );
+        assert_eq!(
+            env_var_source("match.key_states"),
+            "environment variable APP_TIER_CMK_MATCH__KEY_STATES"
+        );
+    }
+
+    #[test]
     fn zero_concurrency_is_refused() {
         let e = error_of("[scan]\nconcurrency = 0\n");
         assert!(e.contains("scan.concurrency") && e.contains('0'), "{e}");
@@ -794,10 +1185,10 @@ regions = ["us-west-2"]
     fn discovery_defaults_to_kms_and_accepts_tagging() {
         assert_eq!(
             load_str("").expect("defaults").scan.discovery,
-            Discovery::Kms
+            KeyDiscovery::Kms
         );
         let config = load_str("[scan]\ndiscovery = \"tagging\"\n").expect("valid");
-        assert_eq!(config.scan.discovery, Discovery::Tagging);
+        assert_eq!(config.scan.discovery, KeyDiscovery::Tagging);
         let e = error_of("[scan]\ndiscovery = \"ec2\"\n");
         assert!(e.contains("scan.discovery") && e.contains("tagging"), "{e}");
     }
@@ -819,7 +1210,7 @@ regions = ["us-west-2"]
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
         let config = Config::load_from(Some(&path), Env::prefixed("APP_TIER_CMK_UNIT_TEST_NONE_"))
             .expect("config/example.toml must load");
-        assert_eq!(config.scan.discovery, Discovery::Kms);
+        assert_eq!(config.scan.discovery, KeyDiscovery::Kms);
         assert_eq!(config.shard(), Ok(Shard::ALL));
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::config::MatchConfig;
+use crate::config::{MatchConfig, Requirement};
 
 /// States that are always exported by `app_tier_cmk_keys`, 0 when no key is in them.
 pub const ALWAYS_EXPORTED_STATES: [&str; 3] = ["Enabled", "Disabled", "PendingDeletion"];
@@ -90,6 +90,8 @@ pub struct Matcher {
     tag_values: Vec<String>,
     case_insensitive: bool,
     key_states: Vec<String>,
+    require: Requirement,
+    check_tag_in_use: bool,
 }
 
 impl Matcher {
@@ -111,7 +113,30 @@ impl Matcher {
             tag_values: tag_values.iter().map(|v| fold(v)).collect(),
             case_insensitive,
             key_states: key_states.to_vec(),
+            require: Requirement::Always,
+            check_tag_in_use: false,
         }
+    }
+
+    /// Sets where the key is required and whether the region's tag keys are read.
+    pub fn with_requirement(mut self, require: Requirement, check_tag_in_use: bool) -> Matcher {
+        self.require = require;
+        self.check_tag_in_use = check_tag_in_use || require == Requirement::WhenTagInUse;
+        self
+    }
+
+    pub fn require(&self) -> Requirement {
+        self.require
+    }
+
+    /// The scan reads the region's tag keys (tag:GetTagKeys).
+    pub fn checks_tag_in_use(&self) -> bool {
+        self.check_tag_in_use
+    }
+
+    /// True when `key` is the App-Tier tag key.
+    pub fn is_tag_key(&self, key: &str) -> bool {
+        self.same(key, &self.tag_key)
     }
 
     pub fn from_config(config: &MatchConfig) -> Matcher {
@@ -122,6 +147,7 @@ impl Matcher {
             config.case_insensitive,
             &states,
         )
+        .with_requirement(config.require, config.check_tag_in_use)
     }
 
     pub fn tag_key(&self) -> &str {
@@ -204,11 +230,16 @@ pub struct Verdict {
     pub state_counts: BTreeMap<String, u64>,
     /// Customer keys whose tags could not be read.
     pub unreadable_keys: usize,
+    /// Some resource of the region carries the tag key; `None`: not checked or not readable.
+    pub tag_in_use: Option<bool>,
+    /// The key is required here (`match.require`); `None`: cannot tell.
+    pub required: Option<bool>,
 }
 
 impl Verdict {
+    /// An App-Tier CMK is present (whether or not one is required).
     pub fn present(&self) -> bool {
-        self.status == Status::Pass
+        self.keys.iter().any(|k| k.counts)
     }
 
     /// IDs of the keys that make the target pass.
@@ -317,7 +348,46 @@ pub fn evaluate(keys: &[KeyFacts], matcher: &Matcher) -> Verdict {
         keys: tagged,
         state_counts,
         unreadable_keys,
+        tag_in_use: None,
+        required: Some(true),
     }
+}
+
+/// Applies `match.require` to a verdict, given whether the tag key is in use in the region
+/// (`None`: not checked, or GetTagKeys failed).
+///
+/// With `when_tag_in_use`, a region where no resource carries the tag key does not need the
+/// key: its verdict is PASS. When tag usage is unknown and no key is present, the verdict is
+/// UNKNOWN: the key may or may not be required.
+pub fn apply_requirement(
+    mut verdict: Verdict,
+    matcher: &Matcher,
+    tag_in_use: Option<bool>,
+) -> Verdict {
+    verdict.tag_in_use = tag_in_use;
+    if matcher.require() == Requirement::Always {
+        verdict.required = Some(true);
+        return verdict;
+    }
+    verdict.required = tag_in_use;
+    let tag = matcher.tag_key().to_owned();
+    match (tag_in_use, verdict.status) {
+        (_, Status::Pass) | (Some(true), _) => {}
+        (Some(false), _) => {
+            verdict.status = Status::Pass;
+            verdict.message = format!(
+                "not required: no resource in this region carries the tag key {tag} (match.require = when_tag_in_use)"
+            );
+        }
+        (None, _) => {
+            verdict.status = Status::Unknown;
+            verdict.message = format!(
+                "{}; whether a key is required is unknown: the region's tag keys (tag:GetTagKeys) could not be read",
+                verdict.message
+            );
+        }
+    }
+    verdict
 }
 
 #[cfg(test)]
@@ -487,6 +557,54 @@ mod tests {
         );
         assert_eq!(v.state_counts["PendingImport"], 1);
         assert_eq!(v.state_counts.len(), 4);
+    }
+
+    fn when_in_use() -> Matcher {
+        matcher().with_requirement(Requirement::WhenTagInUse, true)
+    }
+
+    #[test]
+    fn region_without_the_tag_key_in_use_does_not_need_the_key() {
+        let v = apply_requirement(evaluate(&[], &when_in_use()), &when_in_use(), Some(false));
+        assert_eq!(v.status, Status::Pass);
+        assert!(v.message.starts_with("not required"), "{}", v.message);
+        assert_eq!(v.required, Some(false));
+        assert!(!v.present());
+    }
+
+    #[test]
+    fn region_with_the_tag_key_in_use_needs_the_key() {
+        let v = apply_requirement(evaluate(&[], &when_in_use()), &when_in_use(), Some(true));
+        assert_eq!(v.status, Status::Fail);
+        assert_eq!(v.required, Some(true));
+        assert_eq!(v.tag_in_use, Some(true));
+    }
+
+    #[test]
+    fn unknown_tag_usage_without_a_key_is_unknown() {
+        let v = apply_requirement(evaluate(&[], &when_in_use()), &when_in_use(), None);
+        assert_eq!(v.status, Status::Unknown);
+        assert_eq!(v.required, None);
+        let present = evaluate(&[key("k1", &[("app_tier", "")], "Enabled")], &when_in_use());
+        let v = apply_requirement(present, &when_in_use(), None);
+        assert_eq!(v.status, Status::Pass);
+        assert!(v.present());
+    }
+
+    #[test]
+    fn require_always_ignores_tag_usage() {
+        let v = apply_requirement(evaluate(&[], &matcher()), &matcher(), Some(false));
+        assert_eq!(v.status, Status::Fail);
+        assert_eq!(v.required, Some(true));
+        assert_eq!(v.tag_in_use, Some(false));
+    }
+
+    #[test]
+    fn tag_key_comparison_follows_case_insensitive() {
+        assert!(matcher().is_tag_key("app_tier"));
+        assert!(!matcher().is_tag_key("App_Tier"));
+        let folded = Matcher::new("App_Tier", &[], true, &["Enabled".into()]);
+        assert!(folded.is_tag_key("app_tier"));
     }
 
     #[test]

@@ -3,10 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use app_tier_cmk_exporter::app::{self, AppError, Output};
+use std::time::Duration;
+
+use app_tier_cmk_exporter::app::{self, AppError, ExitCodeStyle, ExporterOptions, Output};
 use app_tier_cmk_exporter::config::{Config, ListenAddress};
-use app_tier_cmk_exporter::shard::ordinal_from_hostname;
+use app_tier_cmk_exporter::reload::ReloadRequest;
+use app_tier_cmk_exporter::server::Limits;
+use app_tier_cmk_exporter::shard::{ShardFlags, ordinal_from_hostname};
 use clap::{Parser, Subcommand, ValueEnum};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -28,6 +33,22 @@ struct Cli {
     /// Address to listen on; overrides `listen_address`.
     #[arg(long = "web.listen-address", value_name = "HOST:PORT")]
     listen_address: Option<String>,
+
+    /// exporter-toolkit web configuration (YAML): TLS, basic auth, response headers.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
+
+    /// Serve POST /-/reload (reloads the configuration, as SIGHUP does).
+    #[arg(long = "web.enable-lifecycle")]
+    enable_lifecycle: bool,
+
+    /// Connections served at once; more wait in the listen backlog.
+    #[arg(long = "web.max-connections", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    max_connections: u32,
+
+    /// Time a client gets for its TLS handshake, then for its request headers.
+    #[arg(long = "web.read-header-timeout", default_value = "10s", value_parser = parse_timeout)]
+    read_header_timeout: Duration,
 
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
     #[arg(long = "log.level", global = true, default_value = "info")]
@@ -59,6 +80,9 @@ enum Command {
     Scan {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+        /// CloudSploit's exit code instead: the worst result, 0 OK, 2 FAIL, 3 UNKNOWN.
+        #[arg(long = "exit-code")]
+        exit_code: bool,
     },
 }
 
@@ -72,6 +96,11 @@ enum LogFormat {
 enum OutputFormat {
     Table,
     Json,
+    /// CloudSploit's JSON results.
+    #[value(name = "cloudsploit-json")]
+    CloudsploitJson,
+    /// CloudSploit's CSV results.
+    Csv,
 }
 
 fn main() -> ExitCode {
@@ -94,19 +123,26 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let mut listen_override = None;
     if let Some(address) = cli.listen_address.clone() {
         match ListenAddress::try_from(address) {
-            Ok(address) => config.listen_address = address,
+            Ok(address) => {
+                config.listen_address = address;
+                listen_override = Some(address);
+            }
             Err(e) => {
                 eprintln!("error: flag --web.listen-address: {e}");
                 return ExitCode::from(EXIT_USAGE);
             }
         }
     }
-    if let Err(message) = apply_shard_flags(&cli, &mut config) {
-        eprintln!("error: {message}");
-        return ExitCode::from(EXIT_USAGE);
-    }
+    let shards = match shard_flags(&cli, &mut config) {
+        Ok(shards) => shards,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -119,23 +155,45 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Some(Command::Scan { output }) => {
+            Some(Command::Scan { output, exit_code }) => {
                 let output = match output {
                     OutputFormat::Table => Output::Table,
                     OutputFormat::Json => Output::Json,
+                    OutputFormat::CloudsploitJson => Output::CloudSploitJson,
+                    OutputFormat::Csv => Output::Csv,
                 };
-                app::run_scan(config, output).await
+                let exit = if exit_code {
+                    ExitCodeStyle::CloudSploit
+                } else {
+                    ExitCodeStyle::Verdict
+                };
+                app::run_scan(config, output, exit).await
             }
             None => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(cancel_on_signal(shutdown.clone()));
-                app::run_exporter(config, shutdown).await.map(|()| 0)
+                let (reload_sender, reloads) = mpsc::channel(4);
+                tokio::spawn(reload_on_sighup(reload_sender.clone()));
+                let options = ExporterOptions {
+                    config_path: cli.config.clone(),
+                    listen_address: listen_override,
+                    web_config_file: cli.web_config_file.clone(),
+                    enable_lifecycle: cli.enable_lifecycle,
+                    shards,
+                    limits: Limits {
+                        max_connections: cli.max_connections as usize,
+                        read_header_timeout: cli.read_header_timeout,
+                    },
+                };
+                app::run_exporter(config, options, reload_sender, reloads, shutdown)
+                    .await
+                    .map(|()| 0)
             }
         }
     });
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(EXIT_RUNTIME)),
-        Err(e @ AppError::Config(_)) => {
+        Err(e @ (AppError::Config(_) | AppError::WebConfig(_))) => {
             eprintln!("error: invalid configuration\n{e}");
             ExitCode::from(EXIT_USAGE)
         }
@@ -146,31 +204,34 @@ fn main() -> ExitCode {
     }
 }
 
-/// `--shard`, `--total-shards` and `--shard-from-hostname` over the configuration.
-fn apply_shard_flags(cli: &Cli, config: &mut Config) -> Result<(), String> {
-    let mut flags = Vec::new();
+/// `--shard`, `--total-shards` and `--shard-from-hostname`, applied over the configuration
+/// (and kept for reloads).
+fn shard_flags(cli: &Cli, config: &mut Config) -> Result<ShardFlags, String> {
+    let mut flags = ShardFlags {
+        shard: cli.shard,
+        total_shards: cli.total_shards,
+    };
+    let mut named = Vec::new();
     if cli.shard_from_hostname {
         let hostname = hostname().ok_or("flag --shard-from-hostname: cannot read the hostname")?;
-        config.shard = ordinal_from_hostname(&hostname).ok_or_else(|| {
+        let hostname = hostname.trim();
+        flags.shard = Some(ordinal_from_hostname(hostname).ok_or_else(|| {
             format!(
-                "flag --shard-from-hostname: hostname {:?} does not end in -N (a StatefulSet pod ordinal)",
-                hostname.trim()
+                "flag --shard-from-hostname: hostname {hostname:?} does not end in -N (a StatefulSet pod ordinal)"
             )
-        })?;
-        flags.push(format!("--shard-from-hostname ({})", hostname.trim()));
+        })?);
+        named.push(format!("--shard-from-hostname ({hostname})"));
     }
     if let Some(shard) = cli.shard {
-        config.shard = shard;
-        flags.push(format!("--shard {shard}"));
+        named.push(format!("--shard {shard}"));
     }
     if let Some(total) = cli.total_shards {
-        config.total_shards = total;
-        flags.push(format!("--total-shards {total}"));
+        named.push(format!("--total-shards {total}"));
     }
+    flags.apply(config);
     match config.shard() {
-        Ok(_) => Ok(()),
-        Err(e) if flags.is_empty() => Err(e.to_string()),
-        Err(e) => Err(format!("flags {}: {e}", flags.join(" "))),
+        Ok(_) => Ok(flags),
+        Err(e) => Err(format!("flags {}: {e}", named.join(" "))),
     }
 }
 
@@ -206,6 +267,35 @@ fn init_logging(cli: &Cli) -> Result<(), String> {
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     Ok(())
+}
+
+fn parse_timeout(value: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(value) {
+        Ok(d) if d >= Duration::from_millis(100) => Ok(d),
+        Ok(_) => Err("too short; use at least 100ms".to_owned()),
+        Err(e) => Err(format!("{e}; write e.g. \"10s\"")),
+    }
+}
+
+/// Each SIGHUP asks for a reload of the configuration and the web configuration files.
+async fn reload_on_sighup(reloads: mpsc::Sender<ReloadRequest>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received, reloading the configuration");
+            if reloads.send(ReloadRequest { reply: None }).await.is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = reloads;
+    }
 }
 
 async fn cancel_on_signal(shutdown: CancellationToken) {

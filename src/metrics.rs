@@ -1,8 +1,8 @@
 //! Prometheus output: the snapshot rendered as metric families, plus fixed families (build
 //! info, shard) and the live registry (AWS request counter, process metrics).
 //!
-//! The snapshot part is rendered once per snapshot generation and cached, the fixed part once
-//! at start, so a scrape costs a render of the small live registry and hands out shared
+//! The snapshot part is rendered once per snapshot generation and cached, the fixed part at
+//! start (and on reload), so a scrape costs a render of the small live registry and hands out shared
 //! byte chunks (no copy of the large body), never an AWS call.
 
 use std::fmt::Write as _;
@@ -25,8 +25,8 @@ pub const REVISION: &str = match option_env!("BUILD_GIT_REVISION") {
 pub struct Metrics {
     registry: Registry,
     pub aws_requests_total: IntCounterVec,
-    /// Families that never change while the process runs.
-    fixed: Bytes,
+    /// Families that change only with a reload: build and shard.
+    fixed: Mutex<Bytes>,
     cache: Mutex<Option<(u64, Bytes)>>,
 }
 
@@ -58,9 +58,16 @@ impl Metrics {
         Metrics {
             registry,
             aws_requests_total,
-            fixed: Bytes::from(render_fixed(shard)),
+            fixed: Mutex::new(Bytes::from(render_fixed(shard))),
             cache: Mutex::new(None),
         }
+    }
+
+    /// Adds a live collector (e.g. the reload gauges) to the registry.
+    pub fn register(&self, collector: Box<dyn prometheus::core::Collector>) {
+        // Only static, distinct names are registered; a clash would be a programming error
+        // that the unit tests catch through the rendered output.
+        let _ = self.registry.register(collector);
     }
 
     /// The `/metrics` body in the Prometheus text format, as chunks to send one after the
@@ -70,7 +77,13 @@ impl Metrics {
         let mut live = Vec::with_capacity(4096);
         // Encoding into a Vec cannot fail for well-formed families.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut live);
-        [snapshot_text, self.fixed.clone(), Bytes::from(live)]
+        let fixed = self.fixed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        [snapshot_text, fixed, Bytes::from(live)]
+    }
+
+    /// After a reload: the shard this replica now owns.
+    pub fn set_shard(&self, shard: Shard) {
+        *self.fixed.lock().unwrap_or_else(|p| p.into_inner()) = Bytes::from(render_fixed(shard));
     }
 
     /// The full `/metrics` body in one piece.
@@ -197,7 +210,7 @@ fn push_value(out: &mut String, value: f64) {
     }
 }
 
-/// Families fixed for the life of the process: build and shard.
+/// Families that only a reload changes: build and shard.
 fn render_fixed(shard: Shard) -> Vec<u8> {
     let mut build = Family::gauge(
         "app_tier_cmk_build_info",
@@ -272,6 +285,39 @@ pub fn render_snapshot(snapshot: &Snapshot) -> Vec<u8> {
         "Failed AWS calls while scanning the account and region, by kind (throttled, access_denied, timeout, network, assume_role, other).",
         Kind::Counter,
     );
+    let mut tag_in_use = Family::gauge(
+        "app_tier_cmk_tag_in_use",
+        &format!(
+            "1 when some resource of the account and region carries the App-Tier tag key (tag:GetTagKeys), else 0; absent when not read. {CACHED}"
+        ),
+    );
+    let mut required = Family::gauge(
+        "app_tier_cmk_required",
+        &format!(
+            "1 when the account and region must hold an App-Tier key (match.require), else 0; absent when unknown. {CACHED}"
+        ),
+    );
+    let mut org_success = Family::gauge(
+        "app_tier_cmk_organization_refresh_success",
+        "1 when the last read of the organization's account list (organizations:ListAccounts) succeeded, else 0.",
+    );
+    let mut org_accounts = Family::gauge(
+        "app_tier_cmk_organization_accounts",
+        "Accounts of the organization being scanned (ACTIVE, after include/exclude and static accounts), from the last successful read.",
+    );
+    let mut org_last_success = Family::gauge(
+        "app_tier_cmk_organization_last_refresh_timestamp_seconds",
+        "Unix time of the last successful read of the organization's account list.",
+    );
+    if let Some(org) = &snapshot.organization {
+        if let Some(ok) = org.refresh_ok {
+            org_success.add(&[], if ok { 1.0 } else { 0.0 });
+            org_accounts.add(&[], org.accounts as f64);
+        }
+        if let Some(ts) = org.last_success_timestamp {
+            org_last_success.add(&[], ts);
+        }
+    }
     let mut account_info = Family::gauge(
         "app_tier_cmk_account_info",
         "One series per configured account with its name (the account ID when unnamed); always 1.",
@@ -314,6 +360,12 @@ pub fn render_snapshot(snapshot: &Snapshot) -> Vec<u8> {
             continue;
         };
         present.add(&target_labels, if verdict.present() { 1.0 } else { 0.0 });
+        if let Some(in_use) = verdict.tag_in_use {
+            tag_in_use.add(&target_labels, if in_use { 1.0 } else { 0.0 });
+        }
+        if let Some(needed) = verdict.required {
+            required.add(&target_labels, if needed { 1.0 } else { 0.0 });
+        }
         for (state, count) in &verdict.state_counts {
             keys.add(
                 &[
@@ -372,7 +424,12 @@ pub fn render_snapshot(snapshot: &Snapshot) -> Vec<u8> {
         duration,
         last_success,
         errors,
+        tag_in_use,
+        required,
         account_info,
+        org_success,
+        org_accounts,
+        org_last_success,
     ] {
         family.write_to(&mut out);
     }
@@ -389,7 +446,7 @@ mod tests {
 
     fn snapshot() -> Snapshot {
         let config = Config {
-            regions: vec![Region::parse("us-east-1").expect("r")],
+            regions: vec![Region::parse("us-east-1").expect("r")].into(),
             ..Config::default()
         };
         let mut s = Snapshot::new(&plan(&config, None).expect("plan"));
@@ -495,7 +552,7 @@ mod tests {
     #[test]
     fn unknown_account_is_labelled_unknown() {
         let config = Config {
-            regions: vec![Region::parse("us-east-1").expect("r")],
+            regions: vec![Region::parse("us-east-1").expect("r")].into(),
             ..Config::default()
         };
         let s = Snapshot::new(&plan(&config, None).expect("plan"));

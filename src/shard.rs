@@ -7,8 +7,8 @@
 
 use std::fmt;
 
-use crate::config::AccountId;
-use crate::targets::{AccountSpec, Plan, Target};
+use crate::config::{AccountId, Config};
+use crate::targets::{AccountSpec, Plan};
 
 /// Which part of the accounts this replica owns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,30 +63,35 @@ impl Shard {
         }
     }
 
-    /// The plan restricted to the accounts this shard owns, targets re-indexed.
+    /// The plan restricted to the accounts this shard owns, with all their regions.
     pub fn restrict(self, plan: Plan) -> Plan {
-        let mut accounts: Vec<AccountSpec> = Vec::new();
-        let mut new_index: Vec<Option<usize>> = Vec::with_capacity(plan.accounts.len());
-        for account in plan.accounts {
-            if self.owns(account.known_id.as_ref()) {
-                new_index.push(Some(accounts.len()));
-                accounts.push(account);
-            } else {
-                new_index.push(None);
-            }
+        let mut accounts = plan.accounts;
+        self.retain_owned(&mut accounts);
+        Plan::expand(accounts)
+    }
+
+    /// Drops the accounts this shard does not own.
+    pub fn retain_owned(self, accounts: &mut Vec<AccountSpec>) {
+        accounts.retain(|a| self.owns(a.known_id.as_ref()));
+    }
+}
+
+/// `--shard` and `--total-shards` (or `--shard-from-hostname`): they beat the configuration,
+/// also when it is reloaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShardFlags {
+    pub shard: Option<u32>,
+    pub total_shards: Option<u32>,
+}
+
+impl ShardFlags {
+    pub fn apply(self, config: &mut Config) {
+        if let Some(shard) = self.shard {
+            config.shard = shard;
         }
-        let targets = plan
-            .targets
-            .into_iter()
-            .filter_map(|t| {
-                let account = new_index.get(t.account).copied().flatten()?;
-                Some(Target {
-                    account,
-                    region: t.region,
-                })
-            })
-            .collect();
-        Plan { accounts, targets }
+        if let Some(total) = self.total_shards {
+            config.total_shards = total;
+        }
     }
 }
 
@@ -277,22 +282,18 @@ mod tests {
         let accounts: Vec<AccountSpec> = ids
             .iter()
             .map(|id| AccountSpec {
+                key: id.0.clone(),
                 name: None,
                 known_id: Some(id.clone()),
                 role_arn: None,
                 external_id: None,
+                session_duration: None,
                 regions: regions.to_vec(),
+                all_enabled_except: None,
+                from_organization: true,
             })
             .collect();
-        let targets = (0..accounts.len())
-            .flat_map(|account| {
-                regions.iter().map(move |r| Target {
-                    account,
-                    region: r.clone(),
-                })
-            })
-            .collect();
-        let plan = Plan { accounts, targets };
+        let plan = Plan::expand(accounts);
         let mut seen = 0;
         for ordinal in 0..3 {
             let part = Shard::new(ordinal, 3)

@@ -15,6 +15,9 @@
 //!   [`run_scan`] for the one-shot `scan` mode.
 //! * [`parse_metrics`], [`sample_value`], [`promtool_check_metrics`]: assertions
 //!   on the Prometheus text format.
+//! * [`fault_proxy`]: a loopback proxy between the exporter and moto that throttles,
+//!   fails, stalls, pages and refuses AssumeRole on demand (see its module docs).
+//! * [`web`]: test certificates (rcgen), a rustls client and raw HTTP exchanges.
 //!
 //! Nothing here talks to any address other than 127.0.0.1.
 //!
@@ -66,6 +69,10 @@
 //! * DisableKey gives `KeyState: Disabled`, `Enabled: false`.
 
 #![allow(dead_code)]
+
+pub mod fault_proxy;
+pub mod fleet;
+pub mod web;
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
@@ -216,10 +223,10 @@ impl Moto {
         let url = format!("{}/moto-api/", moto.endpoint());
         let deadline = Instant::now() + MOTO_START_TIMEOUT;
         loop {
-            if let Ok(resp) = client.get(&url).send().await {
-                if resp.status().is_success() {
-                    return Ok(moto);
-                }
+            if let Ok(resp) = client.get(&url).send().await
+                && resp.status().is_success()
+            {
+                return Ok(moto);
             }
             if let Ok(Some(_status)) = moto.child.try_wait() {
                 return Err(moto.logs());
@@ -1253,4 +1260,67 @@ pub fn promtool_check_metrics(text: &str) -> (bool, String) {
     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
     output.push_str(&String::from_utf8_lossy(&out.stderr));
     (out.status.success(), output)
+}
+
+/// Sum of the samples named `name` whose labels include the given pairs (0 when none).
+pub fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    matching_samples(text, name, labels)
+        .iter()
+        .map(|s| s.value)
+        .sum()
+}
+
+// ---------------------------------------------------------------------------
+// A loopback endpoint that never answers
+// ---------------------------------------------------------------------------
+
+/// A TCP server on 127.0.0.1 that accepts connections and never answers them: an
+/// AWS endpoint that hangs (to exercise timeouts). Stopped when dropped (the held
+/// connections are closed then).
+pub struct Blackhole {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Blackhole {
+    pub fn start() -> Blackhole {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop_flag = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for conn in listener.incoming() {
+                if stop_flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(stream) = conn {
+                    held.push(stream);
+                }
+            }
+        });
+        Blackhole {
+            port,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Blackhole {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the accept loop so that it sees the flag.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
