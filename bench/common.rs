@@ -29,7 +29,7 @@ pub fn machine() -> String {
         Command::new(cmd)
             .args(args)
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim_end().to_owned())
             .unwrap_or_else(|e| format!("<{cmd}: {e}>"))
     };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -179,3 +179,48 @@ async fn shard_outside_total_shards_is_refused() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shards_split_an_organizations_accounts_too() {
+    let moto = Moto::start().await;
+    let seeder = Seeder::new(moto.endpoint());
+    let org = seeder.organizations().await;
+    support::fleet::create_organization(&org).await;
+    let mut all = BTreeSet::from([DEFAULT_ACCOUNT.to_owned()]);
+    for name in ["a", "b", "c", "d", "e"] {
+        all.insert(support::fleet::create_account(&org, name).await);
+    }
+    let (_dir, path) = write_config(
+        "regions = [\"us-east-1\"]\n[organization]\nrole_name = \"AppTierCmkScanner\"\n",
+    );
+    let path = path.to_string_lossy().into_owned();
+    let env = aws_env(&moto.endpoint());
+    let total = 2u32;
+    let mut seen = BTreeSet::new();
+    for shard in 0..total {
+        let (_, stdout, stderr) = run_scan(
+            &[
+                "scan",
+                "--config",
+                &path,
+                "--output",
+                "json",
+                "--shard",
+                &shard.to_string(),
+                "--total-shards",
+                &total.to_string(),
+            ],
+            &env,
+        )
+        .await;
+        let rows: serde_json::Value = serde_json::from_str(&stdout)
+            .unwrap_or_else(|e| panic!("no JSON ({e}): {stdout}\n{stderr}"));
+        for row in rows.as_array().expect("array") {
+            let account = row["account"].as_str().expect("account").to_owned();
+            let id = AccountId::parse(&account).expect("12 digits");
+            assert_eq!(shard_of(&id, total), shard, "{account} on the wrong shard");
+            assert!(seen.insert(account.clone()), "{account} on two shards");
+        }
+    }
+    assert_eq!(seen, all, "every organization account on exactly one shard");
+}
