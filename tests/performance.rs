@@ -224,3 +224,50 @@ async fn shards_split_an_organizations_accounts_too() {
     }
     assert_eq!(seen, all, "every organization account on exactly one shard");
 }
+
+/// `app_tier_cmk_last_success_timestamp_seconds` of every target.
+fn success_times(body: &str) -> Vec<f64> {
+    matching_samples(body, "app_tier_cmk_last_success_timestamp_seconds", &[])
+        .iter()
+        .map(|s| s.value)
+        .collect()
+}
+
+fn spread(times: &[f64]) -> f64 {
+    let max = times.iter().copied().fold(f64::MIN, f64::max);
+    let min = times.iter().copied().fold(f64::MAX, f64::min);
+    max - min
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_round_starts_at_once_and_later_rounds_spread_over_the_interval() {
+    let moto = Moto::start().await;
+    // interval 3 s, timeout 1 s: later rounds spread 4 targets over min(2.4 s, 2 s), 0.5 s apart.
+    let mut config = role_accounts_config(&ACCOUNTS[..2], "3s");
+    config = config.replace(
+        "regions = [\"us-east-1\"]",
+        "regions = [\"us-east-1\", \"eu-west-1\"]",
+    );
+    config = config.replace("[scan]\n", "[scan]\ntimeout = \"1s\"\n");
+    let exporter = Exporter::start_with_moto(&config, &moto.endpoint(), &[]).await;
+    exporter.wait_ready(Duration::from_secs(30)).await;
+    let first = success_times(&exporter.metrics().await);
+    assert_eq!(first.len(), 4);
+    assert!(spread(&first) < 0.5, "first round at once: {first:?}");
+
+    let last_of_first = first.iter().copied().fold(f64::MIN, f64::max);
+    let body = exporter
+        .wait_until(
+            |body| {
+                let times = success_times(body);
+                times.len() == 4 && times.iter().all(|t| *t > last_of_first)
+            },
+            Duration::from_secs(30),
+        )
+        .await;
+    let second = success_times(&body);
+    assert!(
+        (1.0..2.4).contains(&spread(&second)),
+        "second round spread over about 1.5 s: {second:?}"
+    );
+}
