@@ -122,7 +122,8 @@ impl Scanner {
     }
 
     /// Start offset of every target of the round: hashed from account and region, spread
-    /// evenly over `window`.
+    /// evenly over `window`; a target never scanned yet (new account or region) starts at
+    /// once, so that `/readyz` does not wait for its slot.
     fn start_offsets(&self, fleet: &Fleet, window: Duration) -> Vec<Duration> {
         let targets = &fleet.plan.targets;
         if window.is_zero() {
@@ -139,7 +140,15 @@ impl Scanner {
                 schedule::target_key(account, t.region.as_str())
             })
             .collect();
-        schedule::start_offsets(&keys, window)
+        let mut offsets = schedule::start_offsets(&keys, window);
+        // The snapshot is laid out in plan order (apply_plan).
+        let snapshot = self.snapshot.read();
+        for (offset, state) in offsets.iter_mut().zip(&snapshot.targets) {
+            if !state.scanned {
+                *offset = Duration::ZERO;
+            }
+        }
+        offsets
     }
 
     /// Runs rounds every `scan.interval` until `shutdown`: the first starts every target at
