@@ -1,5 +1,6 @@
 //! Cheapness and scale against moto: credentials are reused across rounds, a scrape makes no
-//! AWS call, and shards split the accounts without overlap or gap.
+//! AWS call, later rounds spread their targets over the interval, and shards split the
+//! accounts (configured or from an organization) without overlap or gap.
 
 mod support;
 
