@@ -267,7 +267,7 @@ impl Discovery {
                         operation = e.operation,
                         error = %e.kind,
                         detail = %e.message,
-                        hint = e.kind.hint(),
+                        hint = %e.hint(),
                         keeping_last_known = known,
                         "cannot read the account's enabled regions (regions = \"all\")"
                     );

@@ -129,6 +129,40 @@ impl AwsError {
             message: message.into(),
         }
     }
+
+    /// What an operator can do about it; for access errors, the exact IAM action to grant.
+    pub fn hint(&self) -> String {
+        if self.kind != ErrorKind::AccessDenied {
+            return self.kind.hint().to_owned();
+        }
+        match iam_action(self.operation) {
+            Some(action) if action.starts_with("kms:") && action != "kms:ListKeys" && action != "kms:ListAliases" => format!(
+                "grant the scanner {action} in its IAM policy, and check that the key policy does not deny it"
+            ),
+            Some(action) => format!("grant the scanner {action} in its IAM policy"),
+            None if self.operation == "GetCallerIdentity" => {
+                "sts:GetCallerIdentity needs no permission: the credentials themselves are invalid or expired".to_owned()
+            }
+            None => self.kind.hint().to_owned(),
+        }
+    }
+}
+
+/// The IAM action behind an AWS operation the exporter calls.
+pub fn iam_action(operation: &str) -> Option<String> {
+    let service = match operation {
+        "ListKeys"
+        | "ListAliases"
+        | "ListResourceTags"
+        | "DescribeKey"
+        | "GetKeyRotationStatus" => "kms",
+        "GetResources" | "GetTagKeys" => "tag",
+        "AssumeRole" => "sts",
+        "ListAccounts" => "organizations",
+        "ListRegions" => "account",
+        _ => return None,
+    };
+    Some(format!("{service}:{operation}"))
 }
 
 #[cfg(test)]
@@ -167,6 +201,20 @@ mod tests {
             ErrorKind::Other
         );
         assert_eq!(ErrorKind::from_aws_code(""), ErrorKind::Other);
+    }
+
+    #[test]
+    fn access_hint_names_the_iam_action() {
+        let e = AwsError::new("DescribeKey", ErrorKind::AccessDenied, "denied");
+        assert!(
+            e.hint().contains("kms:DescribeKey") && e.hint().contains("key policy"),
+            "{}",
+            e.hint()
+        );
+        let e = AwsError::new("GetResources", ErrorKind::AccessDenied, "denied");
+        assert!(e.hint().contains("tag:GetResources"), "{}", e.hint());
+        let e = AwsError::new("ListKeys", ErrorKind::Throttled, "slow");
+        assert_eq!(e.hint(), ErrorKind::Throttled.hint());
     }
 
     #[test]

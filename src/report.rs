@@ -38,7 +38,7 @@ pub fn rows(snapshot: &Snapshot) -> Vec<Row> {
                 ),
                 (_, Some(e)) => (
                     Status::Unknown,
-                    format!("scan failed: {e}; {}", e.kind.hint()),
+                    format!("scan failed: {e}; {}", e.hint()),
                     Vec::new(),
                 ),
                 _ => (Status::Unknown, "not scanned".to_owned(), Vec::new()),

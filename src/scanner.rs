@@ -222,7 +222,7 @@ impl Scanner {
                     operation = e.operation,
                     error = %e.kind,
                     detail = %e.message,
-                    hint = e.kind.hint(),
+                    hint = %e.hint(),
                     "cannot prepare the account; its targets are not scanned this round"
                 );
                 Err(e)
@@ -270,7 +270,7 @@ impl Scanner {
                         operation = e.operation,
                         error = %e.kind,
                         detail = %e.message,
-                        hint = e.kind.hint(),
+                        hint = %e.hint(),
                         "cannot learn the account ID; its targets are exported with account=\"unknown\""
                     );
                     return Err(e);
@@ -378,7 +378,7 @@ impl Scanner {
                         operation = e.operation,
                         error = %e.kind,
                         detail = %e.message,
-                        hint = e.kind.hint(),
+                        hint = %e.hint(),
                         "a secondary call failed (a key not fully read, or the tag keys); the scan goes on"
                     );
                 }
@@ -403,7 +403,7 @@ impl Scanner {
                     operation = e.operation,
                     error = %e.kind,
                     detail = %e.message,
-                    hint = e.kind.hint(),
+                    hint = %e.hint(),
                     "scan failed; keeping the last known values"
                 );
                 self.snapshot.write().record_failure(index, e, duration);
