@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use aws_config::retry::RetryConfig;
@@ -31,6 +31,7 @@ use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use prometheus::IntCounterVec;
+use tokio::sync::{Semaphore, SemaphorePermit};
 
 use crate::config::{AccountId, Region, RoleArn};
 use crate::error::{AwsError, ErrorKind};
@@ -51,6 +52,8 @@ pub struct AwsClients {
     sts: aws_sdk_sts::Client,
     kms_by_region: Mutex<HashMap<String, aws_sdk_kms::Client>>,
     tagging_by_region: Mutex<HashMap<String, aws_sdk_resourcegroupstagging::Client>>,
+    account_api: OnceLock<aws_sdk_account::Client>,
+    organizations: OnceLock<aws_sdk_organizations::Client>,
     requests: RequestCounter,
     /// Region of the global APIs (Organizations, Account): the SDK's default, or a fallback.
     home_region: String,
@@ -94,6 +97,8 @@ impl AwsClients {
             base,
             kms_by_region: Mutex::new(HashMap::new()),
             tagging_by_region: Mutex::new(HashMap::new()),
+            account_api: OnceLock::new(),
+            organizations: OnceLock::new(),
             requests,
             home_region,
         }
@@ -106,24 +111,17 @@ impl AwsClients {
 
     /// The KMS client of `region`, created on first use and shared by every account.
     pub fn kms(&self, region: &Region) -> aws_sdk_kms::Client {
-        let mut clients = self
-            .kms_by_region
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients
-            .entry(region.0.clone())
-            .or_insert_with(|| {
-                let config = aws_sdk_kms::config::Builder::from(&self.base)
-                    .region(aws_sdk_kms::config::Region::new(region.0.clone()))
-                    .credentials_provider(ScopedCredentials)
-                    // Each account caches its own credentials; the SDK's cache would mix them.
-                    .identity_cache(IdentityCache::no_cache())
-                    .interceptor(AccountRetryPartition)
-                    .interceptor(self.requests.clone())
-                    .build();
-                aws_sdk_kms::Client::from_conf(config)
-            })
-            .clone()
+        per_region(&self.kms_by_region, region, || {
+            let config = aws_sdk_kms::config::Builder::from(&self.base)
+                .region(aws_sdk_kms::config::Region::new(region.0.clone()))
+                .credentials_provider(ScopedCredentials)
+                // Each account caches its own credentials; the SDK's cache would mix them.
+                .identity_cache(IdentityCache::no_cache())
+                .interceptor(AccountRetryPartition)
+                .interceptor(self.requests.clone())
+                .build();
+            aws_sdk_kms::Client::from_conf(config)
+        })
     }
 
     /// Region of the global APIs, and where an account whose regions are unknown is reported.
@@ -133,50 +131,49 @@ impl AwsClients {
 
     /// The Resource Groups Tagging API client of `region` (tag:GetTagKeys), shared like KMS's.
     pub fn tagging(&self, region: &Region) -> aws_sdk_resourcegroupstagging::Client {
-        let mut clients = self
-            .tagging_by_region
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        clients
-            .entry(region.0.clone())
-            .or_insert_with(|| {
-                let config = aws_sdk_resourcegroupstagging::config::Builder::from(&self.base)
-                    .region(aws_sdk_resourcegroupstagging::config::Region::new(
-                        region.0.clone(),
-                    ))
-                    .credentials_provider(ScopedCredentials)
-                    .identity_cache(IdentityCache::no_cache())
-                    .interceptor(AccountRetryPartition)
-                    .interceptor(self.requests.clone())
-                    .build();
-                aws_sdk_resourcegroupstagging::Client::from_conf(config)
-            })
-            .clone()
+        per_region(&self.tagging_by_region, region, || {
+            let config = aws_sdk_resourcegroupstagging::config::Builder::from(&self.base)
+                .region(aws_sdk_resourcegroupstagging::config::Region::new(
+                    region.0.clone(),
+                ))
+                .credentials_provider(ScopedCredentials)
+                .identity_cache(IdentityCache::no_cache())
+                .interceptor(AccountRetryPartition)
+                .interceptor(self.requests.clone())
+                .build();
+            aws_sdk_resourcegroupstagging::Client::from_conf(config)
+        })
     }
 
-    /// An Account API client (account:ListRegions) with the credentials of the account in scope.
-    pub fn account_api(&self) -> aws_sdk_account::Client {
-        let config = aws_sdk_account::config::Builder::from(&self.base)
-            .region(aws_sdk_account::config::Region::new(
-                self.home_region.clone(),
-            ))
-            .credentials_provider(ScopedCredentials)
-            .identity_cache(IdentityCache::no_cache())
-            .interceptor(AccountRetryPartition)
-            .interceptor(self.requests.clone())
-            .build();
-        aws_sdk_account::Client::from_conf(config)
+    /// The Account API client (account:ListRegions), created once; it uses the credentials of
+    /// the account in scope.
+    pub fn account_api(&self) -> &aws_sdk_account::Client {
+        self.account_api.get_or_init(|| {
+            let config = aws_sdk_account::config::Builder::from(&self.base)
+                .region(aws_sdk_account::config::Region::new(
+                    self.home_region.clone(),
+                ))
+                .credentials_provider(ScopedCredentials)
+                .identity_cache(IdentityCache::no_cache())
+                .interceptor(AccountRetryPartition)
+                .interceptor(self.requests.clone())
+                .build();
+            aws_sdk_account::Client::from_conf(config)
+        })
     }
 
-    /// An Organizations client with the default credentials (management or delegated admin).
-    pub fn organizations(&self) -> aws_sdk_organizations::Client {
-        let config = aws_sdk_organizations::config::Builder::from(&self.base)
-            .region(aws_sdk_organizations::config::Region::new(
-                self.home_region.clone(),
-            ))
-            .interceptor(self.requests.clone())
-            .build();
-        aws_sdk_organizations::Client::from_conf(config)
+    /// The Organizations client with the default credentials (management or delegated admin),
+    /// created once.
+    pub fn organizations(&self) -> &aws_sdk_organizations::Client {
+        self.organizations.get_or_init(|| {
+            let config = aws_sdk_organizations::config::Builder::from(&self.base)
+                .region(aws_sdk_organizations::config::Region::new(
+                    self.home_region.clone(),
+                ))
+                .interceptor(self.requests.clone())
+                .build();
+            aws_sdk_organizations::Client::from_conf(config)
+        })
     }
 
     /// Access to one account: AssumeRole when `role` is set, else the default credentials.
@@ -221,6 +218,27 @@ impl AwsClients {
             )
         })
     }
+}
+
+/// The client of `region` from `clients`, made by `make` on first use.
+fn per_region<C: Clone>(
+    clients: &Mutex<HashMap<String, C>>,
+    region: &Region,
+    make: impl FnOnce() -> C,
+) -> C {
+    let mut clients = clients
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    clients.entry(region.0.clone()).or_insert_with(make).clone()
+}
+
+/// One of the `scan.concurrency` permits for an AWS call; fails only when the scanner is
+/// shutting down.
+pub async fn permit(permits: &Semaphore) -> Result<SemaphorePermit<'_>, AwsError> {
+    permits
+        .acquire()
+        .await
+        .map_err(|_| AwsError::new("Scan", ErrorKind::Other, "scanner is shutting down"))
 }
 
 enum CredentialSource {

@@ -90,18 +90,36 @@ impl Discovery {
         let now = Instant::now();
         let mut accounts = self.static_accounts.clone();
         if self.organization.is_some() {
-            if self.due(self.org_read_at, now) {
+            let refreshed = if self.due(self.org_read_at, now) {
                 self.org_read_at = Some(now);
-                self.read_organization(clients, snapshot).await;
-            }
-            if let (Some(org), Some(own)) = (&self.organization, &self.own_id) {
-                accounts.extend(organization::accounts_to_scan(
+                Some(self.read_organization(clients).await)
+            } else {
+                None
+            };
+            let from_organization = match (&self.organization, &self.own_id) {
+                (Some(org), Some(own)) => organization::accounts_to_scan(
                     &self.org_accounts,
                     org,
                     own,
                     &self.static_accounts,
-                ));
+                ),
+                _ => Vec::new(),
+            };
+            if let Some(ok) = refreshed {
+                if ok {
+                    info!(
+                        listed = self.org_accounts.len(),
+                        scanned = from_organization.len(),
+                        "organization account list read"
+                    );
+                }
+                snapshot.write().record_organization_refresh(
+                    ok,
+                    from_organization.len(),
+                    crate::scanner::unix_now(),
+                );
             }
+            accounts.extend(from_organization);
         }
         self.shard.retain_owned(&mut accounts);
 
@@ -166,36 +184,20 @@ impl Discovery {
         last.is_none_or(|t| now.duration_since(t) >= self.refresh_interval)
     }
 
-    async fn read_organization(&mut self, clients: &AwsClients, snapshot: &SharedSnapshot) {
+    /// Reads the organization's account list (and, the first time, the exporter's own
+    /// account ID). False when that failed: the last known list stays.
+    async fn read_organization(&mut self, clients: &AwsClients) -> bool {
         let result = async {
             if self.own_id.is_none() {
                 self.own_id = Some(clients.default_account_id().await?);
             }
-            organization::list_accounts(&clients.organizations()).await
+            organization::list_accounts(clients.organizations()).await
         }
         .await;
-        let now = crate::scanner::unix_now();
         match result {
             Ok(listed) => {
                 self.org_accounts = listed;
-                let taken = match (&self.organization, &self.own_id) {
-                    (Some(org), Some(own)) => organization::accounts_to_scan(
-                        &self.org_accounts,
-                        org,
-                        own,
-                        &self.static_accounts,
-                    )
-                    .len(),
-                    _ => 0,
-                };
-                info!(
-                    listed = self.org_accounts.len(),
-                    scanned = taken,
-                    "organization account list read"
-                );
-                snapshot
-                    .write()
-                    .record_organization_refresh(true, taken, now);
+                true
             }
             Err(e) => {
                 warn!(
@@ -206,7 +208,7 @@ impl Discovery {
                     known_accounts = self.org_accounts.len(),
                     "cannot read the organization's account list; keeping the last known list"
                 );
-                snapshot.write().record_organization_refresh(false, 0, now);
+                false
             }
         }
     }
@@ -238,7 +240,6 @@ impl Discovery {
         let results: Vec<(usize, Result<Vec<ReportedRegion>, AwsError>)> =
             futures::stream::iter(due)
                 .map(|i| {
-                    let client = &client;
                     let access = &access[i];
                     async move {
                         let result = async {

@@ -13,7 +13,7 @@ use aws_sdk_kms::types::{KeyManagerType, KeySpec, KeyState, OriginType};
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
-use crate::aws::{classify, service_code};
+use crate::aws::{classify, permit, service_code};
 use crate::error::{AwsError, ErrorKind};
 use crate::evaluate::{KeyDescription, KeyFacts, KeyManager, Lookup, Matcher, Tag};
 
@@ -72,7 +72,7 @@ async fn list_keys(kms: &Client, permits: &Semaphore) -> Result<Vec<String>, Aws
     let mut pages = kms.list_keys().into_paginator().send();
     let mut ids = Vec::new();
     loop {
-        let _permit = acquire(permits).await?;
+        let _permit = permit(permits).await?;
         let Some(page) = pages.next().await else {
             break;
         };
@@ -94,7 +94,7 @@ async fn list_aliases(
     let mut pages = kms.list_aliases().into_paginator().send();
     let mut by_key: HashMap<String, Vec<String>> = HashMap::new();
     loop {
-        let _permit = acquire(permits).await?;
+        let _permit = permit(permits).await?;
         let Some(page) = pages.next().await else {
             break;
         };
@@ -220,7 +220,7 @@ async fn list_tags(kms: &Client, permits: &Semaphore, key_id: &str) -> Result<Ve
         .send();
     let mut tags = Vec::new();
     loop {
-        let _permit = acquire(permits).await.map_err(Soft::Hard)?;
+        let _permit = permit(permits).await.map_err(Soft::Hard)?;
         let Some(page) = pages.next().await else {
             break;
         };
@@ -235,7 +235,7 @@ async fn list_tags(kms: &Client, permits: &Semaphore, key_id: &str) -> Result<Ve
 }
 
 async fn describe(kms: &Client, permits: &Semaphore, key_id: &str) -> Result<KeyDescription, Soft> {
-    let _permit = acquire(permits).await.map_err(Soft::Hard)?;
+    let _permit = permit(permits).await.map_err(Soft::Hard)?;
     let out = kms
         .describe_key()
         .key_id(key_id)
@@ -265,7 +265,7 @@ async fn describe(kms: &Client, permits: &Semaphore, key_id: &str) -> Result<Key
 }
 
 async fn rotation(kms: &Client, permits: &Semaphore, key_id: &str) -> Result<bool, Soft> {
-    let _permit = acquire(permits).await.map_err(Soft::Hard)?;
+    let _permit = permit(permits).await.map_err(Soft::Hard)?;
     let out = kms
         .get_key_rotation_status()
         .key_id(key_id)
@@ -273,11 +273,4 @@ async fn rotation(kms: &Client, permits: &Semaphore, key_id: &str) -> Result<boo
         .await
         .map_err(|e| soften("GetKeyRotationStatus", &e))?;
     Ok(out.key_rotation_enabled())
-}
-
-async fn acquire(permits: &Semaphore) -> Result<tokio::sync::SemaphorePermit<'_>, AwsError> {
-    permits
-        .acquire()
-        .await
-        .map_err(|_| AwsError::new("Scan", ErrorKind::Other, "scanner is shutting down"))
 }

@@ -4,9 +4,9 @@
 use aws_sdk_account::types::RegionOptStatus;
 use tokio::sync::Semaphore;
 
-use crate::aws::classify;
+use crate::aws::{classify, permit};
 use crate::config::Region;
-use crate::error::{AwsError, ErrorKind};
+use crate::error::AwsError;
 
 /// The statuses of a region that can be scanned; `ENABLING` and `DISABLING` regions answer
 /// unreliably and `DISABLED` ones not at all.
@@ -47,10 +47,7 @@ pub async fn list_regions(
         .send();
     let mut regions = Vec::new();
     loop {
-        let _permit = permits
-            .acquire()
-            .await
-            .map_err(|_| AwsError::new("ListRegions", ErrorKind::Other, "shutting down"))?;
+        let _permit = permit(permits).await?;
         let Some(page) = pages.next().await else {
             break;
         };

@@ -2,12 +2,11 @@
 //! named like Prometheus' own. What is known about targets that stay is carried over by the
 //! new scanner's first round ([`crate::snapshot::Snapshot::apply_plan`]).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use prometheus::{Gauge, IntGauge};
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
+use crate::scanner::unix_now;
 
 /// One reload request; `reply` (from `/-/reload`) gets the outcome.
 #[derive(Debug)]
@@ -46,11 +45,7 @@ impl ReloadMetrics {
 
     pub fn succeeded(&self) {
         self.successful.set(1);
-        self.success_timestamp.set(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64()),
-        );
+        self.success_timestamp.set(unix_now());
     }
 
     pub fn failed(&self) {

@@ -4,8 +4,8 @@
 
 use tokio::sync::Semaphore;
 
-use crate::aws::classify;
-use crate::error::{AwsError, ErrorKind};
+use crate::aws::{classify, permit};
+use crate::error::AwsError;
 use crate::evaluate::Matcher;
 
 /// True when some resource of the region carries the tag key (exact, or case-folded when
@@ -17,10 +17,7 @@ pub async fn tag_key_in_use(
 ) -> Result<bool, AwsError> {
     let mut pages = client.get_tag_keys().into_paginator().send();
     loop {
-        let _permit = permits
-            .acquire()
-            .await
-            .map_err(|_| AwsError::new("GetTagKeys", ErrorKind::Other, "shutting down"))?;
+        let _permit = permit(permits).await?;
         let Some(page) = pages.next().await else {
             return Ok(false);
         };

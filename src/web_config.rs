@@ -160,7 +160,12 @@ impl WebSecurity {
                     "key `http_server_config.headers.{canonical}`: {value:?} is not a valid header value"
                 ))
             })?;
-            headers.push((HeaderName::from_static(lower(canonical)), header_value));
+            let header_name = HeaderName::from_bytes(canonical.as_bytes()).map_err(|_| {
+                fail(format!(
+                    "key `http_server_config.headers.{canonical}`: not a header name"
+                ))
+            })?;
+            headers.push((header_name, header_value));
         }
         headers.sort_by(|a, b| a.0.as_str().cmp(b.0.as_str()));
         Ok(WebSecurity {
@@ -178,17 +183,6 @@ impl WebSecurity {
             .map(|p| p.get_cost())
             .max()
             .unwrap_or(4)
-    }
-}
-
-/// Lower-case static names of [`EXTRA_HEADERS`] (HeaderName::from_static wants lower case).
-fn lower(name: &str) -> &'static str {
-    match name {
-        "Strict-Transport-Security" => "strict-transport-security",
-        "X-Content-Type-Options" => "x-content-type-options",
-        "X-Frame-Options" => "x-frame-options",
-        "X-XSS-Protection" => "x-xss-protection",
-        _ => "content-security-policy",
     }
 }
 

@@ -31,6 +31,18 @@ async fn start_exporter(config: &str, endpoint: &str) -> Exporter {
     Exporter::builder(config).moto(endpoint).start().await
 }
 
+/// moto holding one App-Tier key in EAST, and a fault proxy in front of it.
+async fn tagged_key_behind_proxy() -> (Moto, FaultProxy) {
+    let moto = Moto::start().await;
+    create_key(
+        &Seeder::new(moto.endpoint()).kms(None, EAST).await,
+        &[("app_tier", "prod")],
+    )
+    .await;
+    let proxy = FaultProxy::start(&moto.endpoint()).await;
+    (moto, proxy)
+}
+
 fn assert_no_panic(exporter: &mut Exporter) {
     assert!(
         exporter.try_exit_status().is_none(),
@@ -215,13 +227,7 @@ async fn a_stalled_region_times_out_while_the_others_finish_in_time() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_answers_become_other_errors_never_a_panic() {
-    let moto = Moto::start().await;
-    create_key(
-        &Seeder::new(moto.endpoint()).kms(None, EAST).await,
-        &[("app_tier", "prod")],
-    )
-    .await;
-    let proxy = FaultProxy::start(&moto.endpoint()).await;
+    let (_moto, proxy) = tagged_key_behind_proxy().await;
     proxy.set(Faults {
         garbage: 0.5,
         truncated: 0.5,
@@ -263,13 +269,7 @@ async fn garbage_answers_become_other_errors_never_a_panic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_and_resets_are_retried() {
-    let moto = Moto::start().await;
-    create_key(
-        &Seeder::new(moto.endpoint()).kms(None, EAST).await,
-        &[("app_tier", "prod")],
-    )
-    .await;
-    let proxy = FaultProxy::start(&moto.endpoint()).await;
+    let (_moto, proxy) = tagged_key_behind_proxy().await;
     proxy.set(Faults {
         server_error: 0.2,
         reset: 0.2,

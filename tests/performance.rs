@@ -94,35 +94,7 @@ async fn scrapes_make_no_aws_calls() {
 async fn shards_split_the_accounts_without_overlap_or_gap() {
     let moto = Moto::start().await;
     let (_dir, path) = write_config(&role_accounts_config(&ACCOUNTS, "1h"));
-    let path = path.to_string_lossy().into_owned();
-    let env = aws_env(&moto.endpoint());
-    let total = 3u32;
-    let mut seen = BTreeSet::new();
-    for shard in 0..total {
-        let (_, stdout, stderr) = run_scan(
-            &[
-                "scan",
-                "--config",
-                &path,
-                "--output",
-                "json",
-                "--shard",
-                &shard.to_string(),
-                "--total-shards",
-                &total.to_string(),
-            ],
-            &env,
-        )
-        .await;
-        let rows: serde_json::Value = serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("no JSON ({e}): {stdout}\n{stderr}"));
-        for row in rows.as_array().expect("array") {
-            let account = row["account"].as_str().expect("account").to_owned();
-            let id = AccountId::parse(&account).expect("12 digits");
-            assert_eq!(shard_of(&id, total), shard, "{account} on the wrong shard");
-            assert!(seen.insert(account.clone()), "{account} on two shards");
-        }
-    }
+    let seen = accounts_by_shard(&path, &aws_env(&moto.endpoint()), 3).await;
     let all: BTreeSet<String> = ACCOUNTS.iter().map(|a| a.to_string()).collect();
     assert_eq!(seen, all, "every account on some shard");
 }
@@ -194,9 +166,18 @@ async fn shards_split_an_organizations_accounts_too() {
     let (_dir, path) = write_config(
         "regions = [\"us-east-1\"]\n[organization]\nrole_name = \"AppTierCmkScanner\"\n",
     );
-    let path = path.to_string_lossy().into_owned();
-    let env = aws_env(&moto.endpoint());
-    let total = 2u32;
+    let seen = accounts_by_shard(&path, &aws_env(&moto.endpoint()), 2).await;
+    assert_eq!(seen, all, "every organization account on exactly one shard");
+}
+
+/// Runs `scan` once per shard of `total` and returns every account reported, checking that
+/// each is reported by the shard `shard_of` assigns it to, and by no other.
+async fn accounts_by_shard(
+    config: &std::path::Path,
+    env: &[(String, String)],
+    total: u32,
+) -> BTreeSet<String> {
+    let path = config.to_string_lossy().into_owned();
     let mut seen = BTreeSet::new();
     for shard in 0..total {
         let (_, stdout, stderr) = run_scan(
@@ -211,7 +192,7 @@ async fn shards_split_an_organizations_accounts_too() {
                 "--total-shards",
                 &total.to_string(),
             ],
-            &env,
+            env,
         )
         .await;
         let rows: serde_json::Value = serde_json::from_str(&stdout)
@@ -223,7 +204,7 @@ async fn shards_split_an_organizations_accounts_too() {
             assert!(seen.insert(account.clone()), "{account} on two shards");
         }
     }
-    assert_eq!(seen, all, "every organization account on exactly one shard");
+    seen
 }
 
 /// `app_tier_cmk_last_success_timestamp_seconds` of every target.

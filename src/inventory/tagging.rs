@@ -12,8 +12,8 @@ use aws_sdk_resourcegroupstagging::types::TagFilter;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
 
-use super::{Inventory, KeyOutcome, acquire, describe_tagged, fold};
-use crate::aws::classify;
+use super::{Inventory, KeyOutcome, describe_tagged, fold};
+use crate::aws::{classify, permit};
 use crate::error::AwsError;
 use crate::evaluate::{KeyFacts, Lookup, Matcher, Tag};
 
@@ -64,7 +64,7 @@ async fn tagged_keys(
     let mut pages = request.into_paginator().send();
     let mut keys = Vec::new();
     loop {
-        let _permit = acquire(permits).await?;
+        let _permit = permit(permits).await?;
         let Some(page) = pages.next().await else {
             break;
         };
