@@ -15,7 +15,17 @@ if [ "${#apt_packages[@]}" -gt 0 ]; then
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}"
 fi
 if ! command -v moto_server >/dev/null 2>&1 || ! python3 -c 'import moto.server' >/dev/null 2>&1; then
-    python3 -m pip install -q 'moto[server]'
+    # Debian's own python3 refuses pip installs (PEP 668): fall back to a virtualenv, put first
+    # on PATH so that both `moto_server` and `python3 -c 'import moto'` find it.
+    if ! python3 -m pip install -q 'moto[server]' >/dev/null 2>&1; then
+        venv="${XDG_CACHE_HOME:-${HOME}/.cache}/app-tier-cmk-exporter/moto-venv"
+        if [ ! -x "${venv}/bin/pip" ] && ! python3 -m venv "${venv}" >/dev/null 2>&1; then
+            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv
+            python3 -m venv "${venv}"
+        fi
+        "${venv}/bin/pip" install -q --disable-pip-version-check 'moto[server]'
+        export PATH="${venv}/bin:${PATH}"
+    fi
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
 
