@@ -338,59 +338,43 @@ async fn run_scenario(scenario: &Scenario, ceiling_time: Duration) -> bool {
     operations.sort();
     operations.dedup();
     let row = |label: &str, k: String, t: String| println!("| {label} | {k} | {t} |");
+    // One row: `cell` applied to each mode.
+    let both = |label: &str, cell: &dyn Fn(&ModeResult) -> String| {
+        row(label, cell(&kms), cell(&tagging));
+    };
     println!("| per round | `kms` | `tagging` |\n|---|---:|---:|");
-    row(
-        "wall time of the round",
-        format!("{:.2} s", kms.round_seconds),
-        format!("{:.2} s", tagging.round_seconds),
-    );
-    row(
-        "process start to `/readyz` 200",
-        format!("{:.2} s", kms.ready_seconds),
-        format!("{:.2} s", tagging.ready_seconds),
-    );
-    row(
-        "AWS calls",
-        total(&kms).to_string(),
-        total(&tagging).to_string(),
-    );
+    both("wall time of the round", &|r| {
+        format!("{:.2} s", r.round_seconds)
+    });
+    both("process start to `/readyz` 200", &|r| {
+        format!("{:.2} s", r.ready_seconds)
+    });
+    both("AWS calls", &|r| total(r).to_string());
     for op in operations {
-        let n = |r: &ModeResult| r.calls.get(op).copied().unwrap_or(0).to_string();
-        row(&format!("&nbsp;&nbsp;{op}"), n(&kms), n(&tagging));
+        both(&format!("&nbsp;&nbsp;{op}"), &|r| {
+            r.calls.get(op).copied().unwrap_or(0).to_string()
+        });
     }
-    row(
-        "failed attempts",
-        kms.failed.to_string(),
-        tagging.failed.to_string(),
-    );
-    let per_target = |r: &ModeResult| format!("{:.1}", total(r) as f64 / e.targets as f64);
-    row("calls per target", per_target(&kms), per_target(&tagging));
+    both("failed attempts", &|r| r.failed.to_string());
+    both("calls per target", &|r| {
+        format!("{:.1}", total(r) as f64 / e.targets as f64)
+    });
     let bound = |r: &ModeResult| total(r) as f64 / ceiling;
-    row(
-        "moto-bound time (calls / ceiling)",
-        format!("{:.2} s", bound(&kms)),
-        format!("{:.2} s", bound(&tagging)),
-    );
-    row(
-        "**ratio round / bound** (target <= 1.3)",
-        format!("**{:.2}**", kms.round_seconds / bound(&kms)),
-        format!("**{:.2}**", tagging.round_seconds / bound(&tagging)),
-    );
-    row(
-        "peak RSS (VmHWM)",
-        format!("{:.1} MiB", kms.peak_rss_mib),
-        format!("{:.1} MiB", tagging.peak_rss_mib),
-    );
-    row(
-        "exporter CPU (user+sys, start to ready)",
-        format!("{:.2} s", kms.cpu.as_secs_f64()),
-        format!("{:.2} s", tagging.cpu.as_secs_f64()),
-    );
-    row(
-        &format!("PASS targets (expected {})", e.passing),
-        kms.passing.to_string(),
-        tagging.passing.to_string(),
-    );
+    both("moto-bound time (calls / ceiling)", &|r| {
+        format!("{:.2} s", bound(r))
+    });
+    both("**ratio round / bound** (target <= 1.3)", &|r| {
+        format!("**{:.2}**", r.round_seconds / bound(r))
+    });
+    both("peak RSS (VmHWM)", &|r| {
+        format!("{:.1} MiB", r.peak_rss_mib)
+    });
+    both("exporter CPU (user+sys, start to ready)", &|r| {
+        format!("{:.2} s", r.cpu.as_secs_f64())
+    });
+    both(&format!("PASS targets (expected {})", e.passing), &|r| {
+        r.passing.to_string()
+    });
     kms.passing == e.passing && tagging.passing == e.passing
 }
 
